@@ -1,7 +1,24 @@
-"""Decoupled weight decay (Loshchilov & Hutter, ICLR 2019), exact and fast."""
+"""Decoupled weight decay (Loshchilov & Hutter, ICLR 2019), exact and fast.
+
+``Adam`` and ``SGD`` regularize with L2 (the decay flows through the
+gradient); ``AdamW`` and ``SGDW`` decay the weights directly, scaled by the
+schedule multiplier ``eta_t = lr / initial_lr`` and not by ``alpha``.
+"""
 
 from weightdecay import decay
+from weightdecay._base import WeightDecayUnitsWarning
+from weightdecay.adam import Adam, AdamW
 from weightdecay.decay import normalized_weight_decay, param_groups
+from weightdecay.sgd import SGD, SGDW
 
-__all__ = ["decay", "normalized_weight_decay", "param_groups"]
+__all__ = [
+    "SGD",
+    "SGDW",
+    "Adam",
+    "AdamW",
+    "WeightDecayUnitsWarning",
+    "decay",
+    "normalized_weight_decay",
+    "param_groups",
+]
 __version__ = "0.1.0"

@@ -174,8 +174,7 @@ def param_groups(
                 others.append(param)
 
     logger.info(
-        "param_groups: %d tensors (%d elements) decay, %d tensors (%d elements) "
-        "do not",
+        "param_groups: %d tensors (%d elements) decay, %d tensors (%d elements) do not",
         len(decayed),
         sum(p.numel() for p in decayed),
         len(others),
@@ -183,7 +182,9 @@ def param_groups(
     )
     groups: list[dict[str, object]] = []
     if decayed:
-        groups.append({"params": decayed, "weight_decay": weight_decay, **group_options})
+        groups.append(
+            {"params": decayed, "weight_decay": weight_decay, **group_options}
+        )
     if others:
         groups.append({"params": others, "weight_decay": 0.0})
     return groups

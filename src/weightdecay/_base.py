@@ -1,0 +1,144 @@
+"""What the four optimizers share: validation, the schedule multiplier, units."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["DECAY_SCALINGS", "WeightDecayUnitsWarning", "ScheduledOptimizer"]
+
+DECAY_SCALINGS = ("schedule", "lr", "none")
+
+# A per-step decay this large is PyTorch-sized: 0.01 removes 1% of every
+# weight per step, a half-life of about 69 steps.
+_SUSPICIOUS_DECAY = 1e-2
+
+
+class WeightDecayUnitsWarning(UserWarning):
+    """A ``weight_decay`` that is probably in the wrong units."""
+
+
+def check_nonnegative(name: str, value: float) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite number >= 0."""
+    if isinstance(value, Tensor):
+        raise ValueError(f"{name} must be a Python number, got a Tensor: {value!r}")
+    try:
+        ok = math.isfinite(value) and value >= 0.0
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+
+
+def check_unit_interval(name: str, value: float) -> None:
+    """Raise ``ValueError`` unless ``0 <= value < 1``."""
+    try:
+        ok = 0.0 <= value < 1.0
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+
+
+def warn_if_torch_sized(weight_decay: float, decay_scaling: str) -> None:
+    """Warn when a decay in paper units looks like a PyTorch-sized value."""
+    if decay_scaling == "lr" or weight_decay < _SUSPICIOUS_DECAY:
+        return
+    half_life = math.log(0.5) / math.log1p(-weight_decay) if weight_decay < 1 else 0
+    warnings.warn(
+        f"weight_decay={weight_decay!r} with decay_scaling={decay_scaling!r} removes "
+        f"{weight_decay:.2%} of every decayed weight per step at full schedule "
+        f"(half-life {half_life:.0f} steps). PyTorch's AdamW multiplies weight_decay "
+        "by the learning rate; for its convention pass decay_scaling='lr', or use "
+        "weight_decay = lr * your_value in the paper's units.",
+        WeightDecayUnitsWarning,
+        stacklevel=4,
+    )
+
+
+class ScheduledOptimizer(torch.optim.Optimizer):
+    """A ``torch.optim.Optimizer`` whose groups carry ``initial_lr``.
+
+    The schedule multiplier of a group is ``eta_t = lr / initial_lr``.
+    ``initial_lr`` is recorded when the group is added unless a scheduler set
+    it first, so any ``torch.optim.lr_scheduler`` (or a loop writing
+    ``group["lr"]``) scales the step and the decoupled decay together.
+    """
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        self._validate_group(group)
+        group.setdefault("initial_lr", group["lr"])
+        initial_lr = group["initial_lr"]
+        check_nonnegative("initial_lr", initial_lr)
+        if initial_lr == 0.0:
+            raise ValueError(
+                "lr must be > 0 when a parameter group is created, got 0.0: the "
+                "schedule multiplier eta_t = lr / initial_lr would be undefined"
+            )
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        check_nonnegative("lr", group["lr"])
+        check_nonnegative("weight_decay", group["weight_decay"])
+        scaling = group.get("decay_scaling", "schedule")
+        if scaling not in DECAY_SCALINGS:
+            raise ValueError(
+                f"decay_scaling must be one of {DECAY_SCALINGS}, got {scaling!r}"
+            )
+        if group.get("foreach") and group.get("fused"):
+            raise ValueError("foreach=True and fused=True cannot both be set")
+
+    @staticmethod
+    def schedule_multiplier(group: dict[str, Any]) -> float:
+        """``eta_t = lr / initial_lr`` for this group."""
+        return float(group["lr"]) / float(group["initial_lr"])
+
+    @staticmethod
+    def decoupled_decay(group: dict[str, Any]) -> float:
+        """The fraction of each weight that decoupled decay removes this step."""
+        weight_decay = float(group["weight_decay"])
+        scaling = group["decay_scaling"]
+        if scaling == "schedule":
+            return ScheduledOptimizer.schedule_multiplier(group) * weight_decay
+        if scaling == "lr":
+            return float(group["lr"]) * weight_decay
+        return weight_decay
+
+    def _gather(
+        self, group: dict[str, Any]
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], bool]:
+        """Parameters with a gradient, their gradients as real views, and state.
+
+        Returns the real views of parameters and gradients, the original
+        parameters (for state lookup) and whether any was complex.
+        """
+        params, grads, originals = [], [], []
+        has_complex = False
+        for param in group["params"]:
+            if param.grad is None:
+                continue
+            if param.grad.is_sparse:
+                raise RuntimeError(
+                    f"{type(self).__name__} does not support sparse gradients "
+                    f"(parameter of shape {tuple(param.shape)}); use a dense "
+                    "gradient or torch.optim.SparseAdam"
+                )
+            if torch.is_complex(param):
+                has_complex = True
+                params.append(torch.view_as_real(param))
+                grads.append(torch.view_as_real(param.grad))
+            else:
+                params.append(param)
+                grads.append(param.grad)
+            originals.append(param)
+        return params, grads, originals, has_complex
+
+
+def as_real(tensor: Tensor) -> Tensor:
+    """A real view of a complex tensor; real tensors pass through."""
+    return torch.view_as_real(tensor) if torch.is_complex(tensor) else tensor
