@@ -143,9 +143,11 @@ def param_groups(
     biases, normalization weights and embeddings do not. Pass ``decays`` to
     replace the rule (called as ``decays(module, name, param)``), or
     ``no_decay_names`` to exempt parameters by their full name. Extra keyword
-    arguments (``lr``, ``weight_decay_norm``, ...) are copied into the
-    decayed group. Shared parameters are counted once. The counts of tensors
-    and elements in each group are logged at INFO level.
+    arguments are copied into both groups (``lr``, ...), except those
+    whose name starts with ``weight_decay`` (``weight_decay_norm``, ...),
+    which go to the decayed group only. Shared parameters are counted
+    once. The counts of tensors and elements in each group are logged at
+    INFO level.
 
     Returns:
         ``[{"params": decayed, "weight_decay": weight_decay, ...},
@@ -180,11 +182,16 @@ def param_groups(
         len(others),
         sum(p.numel() for p in others),
     )
+    # Options such as ``lr`` apply to both groups; decay options only to the
+    # decayed one.
+    shared = {
+        k: v for k, v in group_options.items() if not k.startswith("weight_decay")
+    }
     groups: list[dict[str, object]] = []
     if decayed:
         groups.append(
             {"params": decayed, "weight_decay": weight_decay, **group_options}
         )
     if others:
-        groups.append({"params": others, "weight_decay": 0.0})
+        groups.append({"params": others, "weight_decay": 0.0, **shared})
     return groups
