@@ -363,20 +363,22 @@ def test_regimes_get_one_result_each_and_no_grid_is_not_run() -> None:
 # Claim (b)
 
 
-def seeds(adamw: list[float], adam: list[float]) -> list[dict[str, Any]]:
+def seeds(
+    adamw: list[float], adam: list[float], regime: str = ""
+) -> list[dict[str, Any]]:
     out = [
-        record("seeds", "AdamW", 1e-3, 1e-4, 0.1, test_error=e, seed=k)
+        record("seeds", "AdamW", 1e-3, 1e-4, 0.1, test_error=e, seed=k, regime=regime)
         for k, e in enumerate(adamw)
     ]
     out += [
-        record("seeds", "Adam", 1e-3, 1e-5, 0.1, test_error=e, seed=k)
+        record("seeds", "Adam", 1e-3, 1e-5, 0.1, test_error=e, seed=k, regime=regime)
         for k, e in enumerate(adam)
     ]
     return out
 
 
 def test_claim_b_known_means_and_standard_error() -> None:
-    result = A.claim_adamw_vs_adam(seeds([0.10, 0.11, 0.12], [0.13, 0.14, 0.15]))
+    (result,) = A.claim_adamw_vs_adam(seeds([0.10, 0.11, 0.12], [0.13, 0.14, 0.15]))
     n = result.numbers
     assert n["adamw_mean"] == pytest.approx(0.11)
     assert n["adam_std"] == pytest.approx(0.01)
@@ -387,7 +389,7 @@ def test_claim_b_known_means_and_standard_error() -> None:
 
 def test_claim_b_small_difference_not_reproduced() -> None:
     # diff 0.015, SE 0.00816: 1.84 SE < 2.
-    result = A.claim_adamw_vs_adam(seeds([0.10, 0.11, 0.12], [0.115, 0.125, 0.135]))
+    (result,) = A.claim_adamw_vs_adam(seeds([0.10, 0.11, 0.12], [0.115, 0.125, 0.135]))
     assert result.numbers["z"] == pytest.approx(0.015 / math.sqrt(2e-4 / 3))
     assert result.verdict == A.NOT_REPRODUCED
 
@@ -395,15 +397,28 @@ def test_claim_b_small_difference_not_reproduced() -> None:
 def test_claim_b_failed_seed_counts_as_error_one() -> None:
     records = seeds([0.10, 0.11, 0.12], [0.13, 0.14])
     records.append(record("seeds", "AdamW", 1e-3, 1e-4, 0.1, seed=9, status="diverged"))
-    result = A.claim_adamw_vs_adam(records)
+    (result,) = A.claim_adamw_vs_adam(records)
     assert result.numbers["adamw_mean"] == pytest.approx((0.33 + 1.0) / 4)
     assert result.verdict == A.NOT_REPRODUCED
 
 
+def test_claim_b_one_result_per_regime_without_pooling() -> None:
+    records = [
+        *seeds([0.10, 0.11, 0.12], [0.13, 0.14, 0.15], regime="short"),
+        *seeds([0.10, 0.11, 0.12], [0.10, 0.11, 0.12], regime="long"),
+        record("seeds", "SGD", 0.1, 1e-4, 0.1, test_error=0.5, regime="short"),
+    ]
+    long, short = A.claim_adamw_vs_adam(records)
+    assert (long.claim_id, long.verdict) == ("b (long)", A.NOT_REPRODUCED)
+    assert long.numbers["difference"] == pytest.approx(0.0)
+    assert (short.claim_id, short.verdict) == ("b (short)", A.REPRODUCED)
+    assert short.numbers["adam_mean"] == pytest.approx(0.14)
+
+
 def test_claim_b_missing_arm_inconclusive_and_empty_not_run() -> None:
-    assert A.claim_adamw_vs_adam(seeds([0.1, 0.2], [])).verdict == A.INCONCLUSIVE
-    assert A.claim_adamw_vs_adam(seeds([0.1, 0.2], [0.3])).verdict == A.INCONCLUSIVE
-    assert A.claim_adamw_vs_adam([]).verdict == A.NOT_RUN
+    assert A.claim_adamw_vs_adam(seeds([0.1, 0.2], []))[0].verdict == A.INCONCLUSIVE
+    assert A.claim_adamw_vs_adam(seeds([0.1, 0.2], [0.3]))[0].verdict == A.INCONCLUSIVE
+    assert A.claim_adamw_vs_adam([])[0].verdict == A.NOT_RUN
 
 
 # --------------------------------------------------------------------------

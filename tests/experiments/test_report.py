@@ -86,7 +86,7 @@ def synthetic_records() -> list[dict[str, Any]]:
             optimum = -12.3 + slope * (ll + 7)
             for dl in (None, -15, -14, -13, -12, -11, -10):
                 x = -30 if dl is None else dl
-                err = 0.1 + 0.004 * (x - optimum) ** 2 + 0.001 * (ll + 7) ** 2
+                err = min(0.1 + 0.004 * (x - optimum) ** 2 + 0.001 * (ll + 7) ** 2, 0.9)
                 wd = 0.0 if dl is None else 2.0**dl
                 out.append(
                     record("grid", opt, 2.0**ll, wd, [err + 0.05, err], regime="short")
@@ -180,6 +180,8 @@ def test_html_is_self_contained_and_escaped(written: Path) -> None:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_SIGNATURE)
     assert "<script>" not in page
+    md = (written / "report.md").read_text(encoding="utf-8")
+    assert "| note | `<script>alert('x')</script> & co` |" in md
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; co" in page
 
 
@@ -215,8 +217,8 @@ def test_report_states_configuration_noise_and_time(written: Path) -> None:
         "binomial",
         "1:02:05",
         "test box",
-        "5000 / 1000 / 1000",
-        "| version: torch | 2.13.0 |",
+        "`5000 / 1000 / 1000`",
+        "| version: torch | `2.13.0` |",
         f"| SEPARABLE_MAX_ABS_SLOPE | {A.SEPARABLE_MAX_ABS_SLOPE:g} |",
         "diverged",
     ):

@@ -43,7 +43,28 @@ _COLOURS = {"SGD": "C0", "SGDW": "C1", "Adam": "C2", "AdamW": "C3", "AdamWR": "C
 def _figure(width: float, height: float) -> Figure:
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    return Figure(figsize=(width, height), dpi=DPI)
+
+
+def _margins(
+    fig: Any,
+    width: float,
+    height: float,
+    *,
+    right: float = 0.25,
+    top: float = 0.4,
+    hspace: float = 0.55,
+) -> None:
+    """Fixed margins in inches (cheaper than a layout engine, which draws the
+    figure an extra time to measure it)."""
+    fig.subplots_adjust(
+        left=0.75 / width,
+        right=1.0 - right / width,
+        bottom=0.55 / height,
+        top=1.0 - top / height,
+        wspace=0.25,
+        hspace=hspace,
+    )
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -112,15 +133,16 @@ def _heatmap_panel(ax: Axes, grid: analysis.Grid, vmin: float, vmax: float) -> A
             label = ax.text(j, i, "div", ha="center", va="center", fontsize=6)
             label.set_in_layout(False)
         elif small and math.isfinite(value):
-            dark = value > (vmin + 0.6 * (vmax - vmin)) * 100.0
+            # viridis_r is light at low error and dark at high error.
+            light = value < (vmin + 0.5 * (vmax - vmin)) * 100.0
             label = ax.text(
                 j,
                 i,
                 f"{value:.1f}",
                 ha="center",
                 va="center",
-                fontsize=5.5,
-                color="black" if dark else "white",
+                fontsize=6,
+                color="black" if light else "white",
             )
             label.set_in_layout(False)
 
@@ -133,14 +155,14 @@ def _heatmap_panel(ax: Axes, grid: analysis.Grid, vmin: float, vmax: float) -> A
             marker="o",
             markersize=9,
             markerfacecolor="none",
-            markeredgecolor="white",
+            markeredgecolor="crimson",
             markeredgewidth=1.2,
         )
     used = [row for row in ridge.rows if row.status == analysis.USED]
     if len(used) >= 2:
         xs = [_column_position(grid.decays, row.best.log2_decay) for row in used]
         ys = [int(np.searchsorted(grid.lrs, row.lr)) for row in used]
-        ax.plot(xs, ys, color="white", linewidth=1.0, linestyle="--")
+        ax.plot(xs, ys, color="black", linewidth=1.0, linestyle="--")
     bi, bj = grid.best_cell
     ax.add_patch(
         Rectangle(
@@ -172,7 +194,7 @@ def heatmaps(records: Sequence[analysis.Record], path: Path) -> Path:
     One 2x2 panel (SGD, SGDW, Adam, AdamW) per regime of the ``"grid"`` study;
     colour is val error in percent on one scale per regime, spanning
     :data:`COLOUR_SPAN` above the regime's best. The red box is the best cell,
-    white circles each row's best, the dashed line the refined ridge over the
+    crimson circles each row's best, the dashed line the refined ridge over the
     rows used for the slope; hatched cells marked "div" diverged or failed.
     """
     grid_records = analysis.select(records, study="grid")
@@ -182,6 +204,7 @@ def heatmaps(records: Sequence[analysis.Record], path: Path) -> Path:
     fig = _figure(10.0, 7.5 * len(regimes))
     subfigs = fig.subfigures(len(regimes), 1, squeeze=False)[:, 0]
     for subfig, regime in zip(subfigs, regimes, strict=True):
+        _margins(subfig, 10.0, 7.5, right=0.1, top=0.75, hspace=0.35)
         grids = {
             opt: analysis.build_grid(grid_records, opt, regime)
             for opt in analysis.OPTIMIZERS
@@ -232,6 +255,7 @@ def learning_curves(records: Sequence[analysis.Record], path: Path) -> Path:
     if not regimes:
         return placeholder(path, "grid study not run")
     fig = _figure(10.0, 3.6 * len(regimes))
+    _margins(fig, 10.0, 3.6 * len(regimes))
     axes = fig.subplots(len(regimes), 2, squeeze=False)
     for (ax_err, ax_loss), regime in zip(axes, regimes, strict=True):
         for opt in analysis.OPTIMIZERS:
@@ -276,6 +300,7 @@ def budget_plot(records: Sequence[analysis.Record], path: Path) -> Path:
     for b in bests:
         series.setdefault((b.optimizer, b.lr), []).append(b)
     fig = _figure(10.0, 3.6 * len(series))
+    _margins(fig, 10.0, 3.6 * len(series))
     axes = fig.subplots(len(series), 2, squeeze=False)
     for (ax_raw, ax_norm), ((opt, lr), items) in zip(
         axes, sorted(series.items()), strict=True
@@ -311,6 +336,7 @@ def restarts_plot(records: Sequence[analysis.Record], path: Path) -> Path:
     if not wr and not plain:
         return placeholder(path, "restarts study not run")
     fig = _figure(7.0, 4.0)
+    _margins(fig, 7.0, 4.0)
     ax = fig.add_subplot()
     for runs, label in ((wr, "AdamWR (warm restarts)"), (plain, "AdamW (cosine)")):
         if not runs:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -45,7 +46,7 @@ FIGURES: tuple[tuple[str, str], ...] = (
     (
         "heatmaps",
         "Val error over (weight decay, learning rate), the layout of the "
-        "paper's Figure 2. Red box: best cell; white circles: best cell of each row; "
+        "paper's Figure 2. Red box: best cell; crimson circles: best cell of each row; "
         "dashed line: refined ridge over the rows used for the slope; 'div': "
         "diverged or failed.",
     ),
@@ -83,6 +84,7 @@ class _Block:
     items: tuple[str, ...] = ()
     table: Table | None = None
     path: Path | None = None
+    literal: bool = False  # table cells are verbatim values (code spans)
 
 
 def write_report(
@@ -295,6 +297,7 @@ def _meta_blocks(
         _Block("h2", "Configuration"),
         _Block(
             "table",
+            literal=True,
             table=Table(
                 title="",
                 header=("setting", "value"),
@@ -304,6 +307,7 @@ def _meta_blocks(
         _Block("h2", "Environment"),
         _Block(
             "table",
+            literal=True,
             table=Table(
                 title="",
                 header=("item", "value"),
@@ -338,6 +342,8 @@ def _value(v: Any) -> str:
         return "n/a"
     if isinstance(v, float):
         return f"{v:.6g}"
+    if isinstance(v, Mapping | list | tuple):
+        return json.dumps(v, sort_keys=True, default=str)
     return str(v)
 
 
@@ -361,12 +367,21 @@ def _md_cell(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
-def _md_table(table: Table) -> str:
+def _md_code(text: str) -> str:
+    """``text`` as a code span, so Markdown shows it verbatim (no HTML)."""
+    text = text.replace("|", "\\|").replace("\n", " ")
+    return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+
+def _md_table(table: Table, literal: bool = False) -> str:
     lines = [
         "| " + " | ".join(_md_cell(h) for h in table.header) + " |",
         "|" + "---|" * len(table.header),
     ]
-    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
+    for row in table.rows:
+        cells = [_md_cell(row[0])]
+        cells += [_md_code(c) if literal else _md_cell(c) for c in row[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -381,7 +396,7 @@ def render_markdown(blocks: Sequence[_Block], out_dir: Path) -> str:
         elif b.kind == "list":
             parts.append("\n".join(f"- {item}" for item in b.items))
         elif b.kind == "table" and b.table is not None:
-            parts.append(_md_table(b.table))
+            parts.append(_md_table(b.table, b.literal))
         elif b.kind == "figure" and b.path is not None:
             rel = (
                 b.path.relative_to(out_dir)
@@ -409,7 +424,7 @@ code { background: #f3f3f3; }
 """.strip()
 
 
-def _html_table(table: Table) -> str:
+def _html_table(table: Table, literal: bool = False) -> str:
     verdicts = {
         analysis.REPRODUCED,
         analysis.NOT_REPRODUCED,
@@ -422,7 +437,10 @@ def _html_table(table: Table) -> str:
         cells = []
         for cell in row:
             cls = f' class="v-{cell.replace(" ", "-")}"' if cell in verdicts else ""
-            cells.append(f"<td{cls}>{html.escape(cell)}</td>")
+            text = html.escape(cell)
+            if literal and cells:
+                text = f"<code>{text}</code>"
+            cells.append(f"<td{cls}>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (
         "<table><thead><tr>"
@@ -462,7 +480,7 @@ def render_html(blocks: Sequence[_Block]) -> str:
             items = "".join(f"<li>{_html_text(item)}</li>" for item in b.items)
             parts.append(f"<ul>{items}</ul>")
         elif b.kind == "table" and b.table is not None:
-            parts.append(_html_table(b.table))
+            parts.append(_html_table(b.table, b.literal))
         elif b.kind == "figure" and b.path is not None:
             data = base64.b64encode(b.path.read_bytes()).decode("ascii")
             parts.append(
