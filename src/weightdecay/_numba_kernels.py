@@ -1,0 +1,114 @@
+"""The numba bodies of the multi-tensor kernels; imported only by ``_kernels``.
+
+Importing this module raises ``ImportError`` where numba is missing. Each
+kernel receives a table of chunks (tensor index, first element, end), a table
+of data addresses (one row per role: parameter, gradient, state...) and its
+scalars as a one-dimensional array in the tensors' dtype, so that every
+operation rounds as PyTorch rounds it for that dtype. Flags are loop
+invariant; the compiler hoists them out of the element loop.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import prange, types
+from numba.extending import intrinsic
+
+__all__ = ["adam_chunks", "set_threads", "sgd_chunks"]
+
+
+@intrinsic
+def _pointer(typingctx, address, like):  # noqa: ARG001 - numba's signature
+    """The int64 ``address`` as a pointer to elements of ``like``'s dtype."""
+    pointer_type = types.CPointer(like.dtype)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(pointer_type))
+
+    return pointer_type(address, like), codegen
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+def adam_chunks(chunks, addresses, step_sizes, bias2_roots, coefficients, flags):
+    """Algorithm 2 on every chunk; ``addresses`` rows: p, g, m, v, max v."""
+    one_minus_beta1, beta2 = coefficients[0], coefficients[1]
+    one_minus_beta2 = coefficients[2]
+    eps, l2, keep = coefficients[3], coefficients[4], coefficients[5]
+    amsgrad, maximize, has_l2, has_decay = flags[0], flags[1], flags[2], flags[3]
+    for c in prange(chunks.shape[0]):
+        index, start, end = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+        param = _pointer(addresses[0, index], coefficients)
+        grad = _pointer(addresses[1, index], coefficients)
+        exp_avg = _pointer(addresses[2, index], coefficients)
+        exp_avg_sq = _pointer(addresses[3, index], coefficients)
+        max_sq = _pointer(addresses[4, index], coefficients)
+        step_size, bias2_root = step_sizes[index], bias2_roots[index]
+        for j in range(start, end):
+            g = -grad[j] if maximize else grad[j]
+            theta = param[j]
+
+            # L2: g + lambda * theta_{t-1}.
+            if has_l2:
+                g = g + l2 * theta
+
+            # Moments: m + (1 - b1)(g - m) as torch.lerp, v b2 + (1 - b2) g g.
+            m = exp_avg[j]
+            m = m + one_minus_beta1 * (g - m)
+            exp_avg[j] = m
+            v = exp_avg_sq[j] * beta2
+            v = v + one_minus_beta2 * g * g
+            exp_avg_sq[j] = v
+
+            # Decoupled decay on the old weights.
+            if has_decay:
+                theta = theta * keep
+
+            # theta += (-lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps).
+            if amsgrad:
+                v = max(max_sq[j], v)
+                max_sq[j] = v
+            denom = np.sqrt(v) / bias2_root + eps
+            param[j] = theta + step_size * m / denom
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+def sgd_chunks(chunks, addresses, coefficients, flags):
+    """Algorithm 1 on every chunk; ``addresses`` rows: p, g, momentum."""
+    lr, momentum = coefficients[0], coefficients[1]
+    l2, keep = coefficients[2], coefficients[3]
+    has_momentum, nesterov, maximize = flags[0], flags[1], flags[2]
+    has_l2, has_decay = flags[3], flags[4]
+    for c in prange(chunks.shape[0]):
+        index, start, end = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+        param = _pointer(addresses[0, index], coefficients)
+        grad = _pointer(addresses[1, index], coefficients)
+        buffer = _pointer(addresses[2, index], coefficients)
+        for j in range(start, end):
+            g = -grad[j] if maximize else grad[j]
+            theta = param[j]
+
+            # L2: g + lambda * theta_{t-1}.
+            if has_l2:
+                g = g + l2 * theta
+
+            # m = momentum m + lr g; Nesterov steps by momentum m + lr g.
+            if has_momentum:
+                m = buffer[j] * momentum
+                m = m + lr * g
+                buffer[j] = m
+                update = m * momentum + lr * g if nesterov else m
+            else:
+                update = g * lr
+
+            # Decoupled decay on the old weights, then theta -= update.
+            if has_decay:
+                theta = theta * keep
+            param[j] = theta - update
+
+
+def set_threads(count: int) -> None:
+    """Use ``count`` threads (capped at numba's pool) in the next kernels."""
+    count = max(1, min(count, numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != count:
+        numba.set_num_threads(count)
