@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from weightdecay import _update
+from weightdecay import _kernels, _update
 from weightdecay._base import (
     DECAY_SCALINGS,
     ScheduledOptimizer,
@@ -107,7 +107,9 @@ class _AdamCore(ScheduledOptimizer):
 
         The fused kernels express decoupled decay as ``lr * (decay / lr)``, so
         a step with ``lr == 0`` and decay left (``decay_scaling="none"``) runs
-        on the multi-tensor path, which computes the same update.
+        on the multi-tensor path, which computes the same update. By default
+        CPU parameters in float32/float64 run on ``_kernels`` (one parallel
+        pass over all tensors) where numba is installed.
         """
         fused, foreach = group["fused"], group["foreach"]
         fusable = all(
@@ -121,6 +123,8 @@ class _AdamCore(ScheduledOptimizer):
                 f"{type(self).__name__}(fused=True) needs floating-point parameters "
                 f"on one of {_FUSED_DEVICES} that are not DTensors; use foreach=True"
             )
+        if fused is None and foreach is None and _kernels.applies(params):
+            return _kernels.adam_kernel
         if lr == 0.0 and decay != 0.0:
             return _update.adam_foreach
         if fused or (fused is None and foreach is None and fusable):

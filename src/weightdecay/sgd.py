@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from weightdecay import _update
+from weightdecay import _kernels, _update
 from weightdecay._base import (
     DECAY_SCALINGS,
     ScheduledOptimizer,
@@ -114,6 +114,8 @@ class _SGDCore(ScheduledOptimizer):
             l2 = 0.0 if self._decoupled else float(group["weight_decay"])
             if group["foreach"] is False:
                 implementation = _update.sgd_for_loop
+            elif group["foreach"] is None and _kernels.applies(params):
+                implementation = _kernels.sgd_kernel
             else:
                 implementation = _update.sgd_foreach
             implementation(
