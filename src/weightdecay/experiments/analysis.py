@@ -737,7 +737,9 @@ def _separability_regime(records: Sequence[Record], regime: str) -> ClaimResult:
                 )
             )
         parts.append(
-            f"{opt} {fmt_slope(by_error.fit)} (rho {_fmt_num(by_error.spearman)})"
+            f"{opt} {fmt_slope(by_error.fit)} (rho {_fmt_num(by_error.spearman)}, "
+            f"rows {by_error.count(USED)}/{by_error.count('censored')}/"
+            f"{by_error.count(EXCLUDED)})"
         )
         for row_e, row_l in zip(by_error.rows, by_loss.rows, strict=True):
             detail_rows.append(
@@ -808,7 +810,7 @@ def _separability_regime(records: Sequence[Record], regime: str) -> ClaimResult:
     return ClaimResult(
         claim_id=f"a ({regime})" if regime else "a",
         statement=SEPARABILITY_STATEMENT,
-        statistic="slope ± SE: " + "; ".join(parts),
+        statistic="slope ± SE (rows used/censored/excluded): " + "; ".join(parts),
         threshold=separability_threshold(),
         verdict=_overall(verdicts),
         numbers={"regime": regime, "optimizers": per_opt},
@@ -1239,12 +1241,15 @@ RESTARTS_STATEMENT = (
 )
 
 
-def restarts_threshold() -> str:
-    """The pass rule of claim (d) in words."""
+def restarts_threshold(ends: Sequence[float] = ()) -> str:
+    """The pass rule of claim (d) in words, naming the epochs when known."""
+    whole = [int(e) for e in ends if float(e).is_integer()]
+    early = f" (epochs {', '.join(map(str, whole[1:-1]))})" if len(whole) >= 3 else ""
+    last = f" (epoch {whole[-1]})" if len(whole) >= 3 else ""
     return (
-        "AdamWR's val error below AdamW's at every intermediate run end "
-        "(epochs 3 and 7 for T_0=1, T_mult=2) and within "
-        f"{100 * RESTART_FINAL_TOLERANCE:.1f} points of it at the last"
+        f"AdamWR's val error below AdamW's at every intermediate run end{early} "
+        f"and within {100 * RESTART_FINAL_TOLERANCE:.1f} points of it at the "
+        f"last{last}"
     )
 
 
@@ -1333,7 +1338,7 @@ def claim_restarts(records: Sequence[Record]) -> ClaimResult:
     base = {
         "claim_id": "d",
         "statement": RESTARTS_STATEMENT,
-        "threshold": restarts_threshold(),
+        "threshold": restarts_threshold(ends),
     }
     if not wr and not plain:
         return ClaimResult(statistic="no restarts runs", verdict=NOT_RUN, **base)

@@ -35,8 +35,8 @@ logger = logging.getLogger(__name__)
 
 DPI = 100
 COLOUR_SPAN = 0.10
-"""Heatmap colours span this much error above the regime's best (10 points);
-worse cells saturate."""
+"""Heatmap colours span at most this much error above the panel's best
+(10 points); worse cells saturate."""
 _COLOURS = {"SGD": "C0", "SGDW": "C1", "Adam": "C2", "AdamW": "C3", "AdamWR": "C4"}
 
 
@@ -192,8 +192,10 @@ def heatmaps(records: Sequence[analysis.Record], path: Path) -> Path:
     """Figure 2 of the paper: val error over (decay, learning rate) per regime.
 
     One 2x2 panel (SGD, SGDW, Adam, AdamW) per regime of the ``"grid"`` study;
-    colour is val error in percent on one scale per regime, spanning
-    :data:`COLOUR_SPAN` above the regime's best. The red box is the best cell,
+    colour is val error in percent, each panel on its own scale from its best
+    cell up to at most :data:`COLOUR_SPAN` above it, so the shape of every
+    basin shows; the numbers in the cells and titles compare panels. The red
+    box is the best cell,
     crimson circles each row's best, the dashed line the refined ridge over the
     rows used for the slope; hatched cells marked "div" diverged or failed.
     """
@@ -205,31 +207,21 @@ def heatmaps(records: Sequence[analysis.Record], path: Path) -> Path:
     subfigs = fig.subfigures(len(regimes), 1, squeeze=False)[:, 0]
     for subfig, regime in zip(subfigs, regimes, strict=True):
         _margins(subfig, 10.0, 7.5, right=0.1, top=0.75, hspace=0.35)
-        grids = {
-            opt: analysis.build_grid(grid_records, opt, regime)
-            for opt in analysis.OPTIMIZERS
-        }
-        finite = [
-            g.val_error[~g.failed & ~np.isnan(g.val_error)]
-            for g in grids.values()
-            if g is not None
-        ]
-        values = np.concatenate(finite) if finite else np.array([])
-        vmin = float(values.min()) if values.size else 0.0
-        vmax = min(float(values.max()) if values.size else 1.0, vmin + COLOUR_SPAN)
-        vmax = max(vmax, vmin + 1e-3)
         axes = subfig.subplots(2, 2)
-        image = None
         for ax, opt in zip(axes.flat, analysis.OPTIMIZERS, strict=True):
-            grid = grids[opt]
+            grid = analysis.build_grid(grid_records, opt, regime)
             if grid is None:
                 ax.set_axis_off()
                 ax.text(0.5, 0.5, f"{opt}: not run", ha="center", va="center")
                 continue
+            shown = grid.val_error[~grid.failed & ~np.isnan(grid.val_error)]
+            vmin = float(shown.min()) if shown.size else 0.0
+            vmax = float(shown.max()) if shown.size else 1.0
+            vmax = max(min(vmax, vmin + COLOUR_SPAN), vmin + 1e-3)
             image = _heatmap_panel(ax, grid, vmin, vmax)
-        if image is not None:
-            bar = subfig.colorbar(image, ax=axes, shrink=0.8, extend="max")
-            bar.set_label("val error (%)", fontsize=8)
+            bar = subfig.colorbar(image, ax=ax, shrink=0.9, pad=0.02, extend="max")
+            bar.set_label("val error (%)", fontsize=7)
+            bar.ax.tick_params(labelsize=6)
         subfig.suptitle(f"Regime {regime!r}: val error (%)", fontsize=11)
     return _save(fig, path)
 
@@ -271,10 +263,9 @@ def learning_curves(records: Sequence[analysis.Record], path: Path) -> Path:
             err = analysis.curve_stats(runs, opt, "val_error")
             loss = analysis.curve_stats(runs, opt, "val_loss")
             colour = _COLOURS.get(opt)
-            ax_err.plot(
-                err.epochs, np.array(err.mean) * 100.0, color=colour, label=label
-            )
-            ax_loss.plot(loss.epochs, loss.mean, color=colour, label=label)
+            style = {"color": colour, "label": label, "marker": "o", "markersize": 3}
+            ax_err.plot(err.epochs, np.array(err.mean) * 100.0, **style)
+            ax_loss.plot(loss.epochs, loss.mean, **style)
         ax_err.set_title(f"Regime {regime!r}: val error at the best cell", fontsize=9)
         ax_loss.set_title(f"Regime {regime!r}: val loss at the best cell", fontsize=9)
         ax_err.set_ylabel("val error (%)", fontsize=8)

@@ -33,13 +33,16 @@ HOW_TO_READ = (
     "'not reproduced' means it does not, and the section says what was seen; "
     "'inconclusive' means too few usable runs for the statistic; 'not run' means "
     "its study has no runs. Errors are percentages of the validation or test "
-    "images; '±' is a standard error (binomial sqrt(p(1-p)/n) for one run, or "
-    "from the spread over seeds where seeds were run). Decays are written as "
-    "powers of two; a row's best decay is refined by a parabola in log2(decay) "
-    "through the best cell and its two neighbours; a best cell on the edge of "
-    "the grid (or at decay 0) is censored and left out of the slope, and rows "
-    "far from the optimizer's best are excluded. Runs that diverged or failed "
-    "count as 100 % error and are marked 'div' in the heatmaps."
+    "images; '±' after one run's error is its binomial standard error "
+    "sqrt(p(1-p)/n), after a mean over seeds the seed-to-seed standard "
+    "deviation, after a slope its least-squares standard error. Decays are "
+    "powers of two and compared in octaves (log2). A row's best decay is "
+    "refined by a parabola in log2(decay) through the best cell and its two "
+    "neighbours; a best cell on the edge of the grid, or at decay 0 (no decay, "
+    "a column of its own), is censored and left out of the slope, and rows whose "
+    f"best val error is more than {100 * analysis.ROW_EXCLUSION_MARGIN:.1f} "
+    "points above the optimizer's best are excluded. Runs that diverged or "
+    "failed count as 100 % error and are marked 'div' in the heatmaps."
 )
 
 FIGURES: tuple[tuple[str, str], ...] = (
