@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from weightdecay.experiments import analysis as A
 
@@ -179,6 +181,26 @@ def test_refine_best_recovers_vertex_of_a_parabola_on_uneven_grid() -> None:
     assert best.edge is None
     assert best.log2_decay == pytest.approx(-8.2)
     assert best.grid_decay == 2.0**-7.5
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    centre=st.floats(-15.49, -8.51),
+    curvature=st.floats(1e-4, 1.0),
+    offset=st.floats(0.0, 0.5),
+    zero_value=st.floats(0.6, 1.0),
+)
+def test_refine_best_is_exact_for_any_interior_parabola(
+    centre: float, curvature: float, offset: float, zero_value: float
+) -> None:
+    decays = [0.0] + [2.0**k for k in range(-16, -7)]
+    values = [zero_value + offset] + [
+        offset + curvature * (k - centre) ** 2 for k in range(-16, -7)
+    ]
+    best = A.refine_best(decays, values)
+    assert best.edge is None
+    assert best.log2_decay == pytest.approx(centre, abs=1e-6)
+    assert abs(math.log2(best.grid_decay) - centre) <= 0.5 + 1e-9
 
 
 def test_refine_best_tie_lands_between_and_is_clipped() -> None:
