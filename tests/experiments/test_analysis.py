@@ -232,6 +232,15 @@ def test_refine_best_skips_missing_cells_and_rejects_bad_input() -> None:
         A.refine_best([1.0, 2.0], [math.nan, math.nan])
 
 
+def test_near_best_range_spans_cells_within_the_margin() -> None:
+    decays = [0.0, 1 / 8, 1 / 4, 1 / 2, 1.0]
+    values = [0.13, 0.11, 0.10, 0.105, 0.2]
+    assert A.near_best_range(decays, values, 0.006) == (-2.0, -1.0)
+    assert A.near_best_range(decays, values, 0.03) == (-math.inf, -1.0)
+    assert A.fmt_span((-math.inf, -1.0)) == "0 .. 2^-1.00"
+    assert A.fmt_span((-2.0, -2.0)) == "2^-2.00"
+
+
 # --------------------------------------------------------------------------
 # Claim (a)
 
@@ -485,6 +494,9 @@ def test_claim_c_stable_normalized_optimum_reproduced() -> None:
     assert numbers["shift_norm"] == pytest.approx(0.0, abs=1e-9)
     assert numbers["shift_raw"] == pytest.approx(-1.0, abs=1e-9)
     assert numbers["log2_norm"][0] == pytest.approx(-3.3)
+    # SE at the best (10.04 %, n=1000) is 0.95 points: 0.004 (x + 3.3)^2 stays
+    # within it for normalized x in -4..-2, a 2-octave span.
+    assert numbers["near_best_width_octaves"] == pytest.approx((2.0, 2.0))
     assert result.verdict == A.REPRODUCED
 
 

@@ -525,6 +525,36 @@ def refine_best(
     return BestDecay(best, float(d[best]), log2_best, float(v[best]), None)
 
 
+def near_best_range(
+    decays: Sequence[float], values: Sequence[float], margin: float
+) -> tuple[float, float]:
+    """The octave span of the cells within ``margin`` of the lowest value.
+
+    Returns ``(lo, hi)``: ``log2`` of the smallest and largest decay whose
+    value is at most ``min(values) + margin`` (``-inf`` stands for decay 0).
+    A wide span means the data do not pin the optimum down. NaN cells are
+    missing.
+
+    Raises:
+        ValueError: When no cell is present.
+    """
+    d = np.asarray(decays, dtype=float)
+    v = np.asarray(values, dtype=float)
+    present = ~np.isnan(v)
+    if not present.any():
+        raise ValueError(f"values has no cell present, got {v.tolist()}")
+    near = d[present & (v <= np.nanmin(v) + margin)]
+    with np.errstate(divide="ignore"):
+        logs = np.log2(near)
+    return float(logs.min()), float(logs.max())
+
+
+def fmt_span(span: tuple[float, float]) -> str:
+    """An octave span as ``2^a .. 2^b``."""
+    lo, hi = span
+    return fmt_log2(lo) if lo == hi else f"{fmt_log2(lo)} .. {fmt_log2(hi)}"
+
+
 _EDGE_STATUS = {"low": CENSORED_LOW, "high": CENSORED_HIGH, "zero": CENSORED_ZERO}
 
 
@@ -742,12 +772,16 @@ def _separability_regime(records: Sequence[Record], regime: str) -> ClaimResult:
             f"{by_error.count(EXCLUDED)})"
         )
         for row_e, row_l in zip(by_error.rows, by_loss.rows, strict=True):
+            se = binomial_se(row_e.error, grid.val_size)
+            i = int(np.searchsorted(grid.lrs, row_e.lr))
+            span = near_best_range(grid.decays, grid.val_error[i], se)
             detail_rows.append(
                 (
                     opt,
                     f"{row_e.log2_lr:.2f}",
-                    fmt_pct(row_e.error, binomial_se(row_e.error, grid.val_size)),
+                    fmt_pct(row_e.error, se),
                     fmt_log2(row_e.best.log2_decay),
+                    fmt_span(span),
                     row_e.status,
                     fmt_log2(row_l.best.log2_decay),
                     row_l.status,
@@ -835,6 +869,7 @@ def _separability_regime(records: Sequence[Record], regime: str) -> ClaimResult:
                     "log2 lr",
                     "row best val error ± binomial SE",
                     "best decay (val error)",
+                    "decays within 1 SE of it",
                     "status",
                     "best decay (val loss)",
                     "status",
@@ -1133,13 +1168,15 @@ def claim_normalized_decay(records: Sequence[Record]) -> ClaimResult:
     rows: list[tuple[str, ...]] = []
     for b in bests:
         censored = _EDGE_STATUS.get(b.best.edge or "", USED)
+        se = binomial_se(b.best.value, b.val_size)
         rows.append(
             (
                 b.optimizer,
                 f"{math.log2(b.lr):.2f}",
                 str(b.epochs),
-                fmt_pct(b.best.value, binomial_se(b.best.value, b.val_size)),
+                fmt_pct(b.best.value, se),
                 fmt_log2(b.best.log2_decay),
+                fmt_span(near_best_range(b.decays, b.val_error, se)),
                 fmt_log2(b.log2_norm),
                 censored,
             )
@@ -1192,15 +1229,19 @@ def claim_normalized_decay(records: Sequence[Record]) -> ClaimResult:
             and abs(shift_raw) >= BUDGET_MIN_RAW_SHIFT
         )
         verdicts.append(REPRODUCED if ok else NOT_REPRODUCED)
+        widths = [_span_width(b) for b in (first, last)]
+        numbers[label]["near_best_width_octaves"] = tuple(widths)
         parts.append(
             f"{label}: {first.epochs}->{last.epochs} epochs, normalized "
-            f"{shift_norm:+.2f} oct, raw {shift_raw:+.2f} oct "
-            f"(grid step {step:.2f} oct)"
+            f"{shift_norm:+.2f} oct, raw {shift_raw:+.2f} oct (grid step "
+            f"{step:.2f} oct; decays within 1 SE of the best span "
+            f"{widths[0]:.2f} and {widths[1]:.2f} oct)"
         )
     notes.append(
-        "Within one budget the two decays differ by a constant factor, so the "
-        "raw shift equals the normalized shift plus log2(sqrt(T/4T)) = -1 octave: "
-        "the test is in effect whether the normalized optimum stays put."
+        "Within one budget the two decays differ by a constant factor, so from "
+        "T to T' the raw shift equals the normalized shift plus 0.5 log2(T/T') "
+        "(-1 octave for 4T): the test is in effect whether the normalized "
+        "optimum stays put."
     )
     return ClaimResult(
         statistic="; ".join(parts) if parts else "no comparable budgets",
@@ -1216,6 +1257,7 @@ def claim_normalized_decay(records: Sequence[Record]) -> ClaimResult:
                     "epochs",
                     "best val error ± binomial SE",
                     "best raw decay",
+                    "raw decays within 1 SE of it",
                     "best normalized decay",
                     "status",
                 ),
@@ -1224,6 +1266,12 @@ def claim_normalized_decay(records: Sequence[Record]) -> ClaimResult:
         ),
         **base,
     )
+
+
+def _span_width(b: BudgetBest) -> float:
+    se = binomial_se(b.best.value, b.val_size)
+    lo, hi = near_best_range(b.decays, b.val_error, se)
+    return hi - lo
 
 
 def _grid_step(decays: Sequence[float]) -> float:
