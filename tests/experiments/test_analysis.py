@@ -382,6 +382,19 @@ def test_diverged_cell_counts_as_error_one_and_is_never_best() -> None:
     assert r.rows[i].status == A.EXCLUDED
 
 
+def test_all_diverged_grid_gives_no_verdict_from_failures() -> None:
+    records = [
+        record("grid", opt, 2.0**ll, wd, 0.0, regime="short", status="diverged")
+        for opt in A.OPTIMIZERS
+        for ll in (-3, -2, -1)
+        for wd in (0.0, 2.0**-12, 2.0**-11, 2.0**-10)
+    ]
+    (result,) = A.claim_separability(records)
+    assert result.verdict == A.INCONCLUSIVE
+    for opt in A.OPTIMIZERS:
+        assert result.numbers["optimizers"][opt]["rows_used"] == 0
+
+
 def test_regimes_get_one_result_each_and_no_grid_is_not_run() -> None:
     records = [*paper_grid(), *grid_records("AdamW", 0.0, regime="long")]
     results = A.claim_separability(records)

@@ -225,6 +225,19 @@ def test_report_states_configuration_noise_and_time(written: Path) -> None:
         assert text in md, text
 
 
+def test_heatmap_of_diverged_runs_is_drawn(tmp_path: Path) -> None:
+    from weightdecay.experiments import plots
+
+    records = [
+        record("grid", opt, 2.0**ll, wd, [0.5], regime="r", status=status)
+        for opt in ("SGD", "AdamW")
+        for ll, status in ((-3, "diverged"), (-4, "failed"), (-5, "ok"))
+        for wd in (0.0, 2.0**-12, 2.0**-11)
+    ]
+    path = plots.heatmaps(records, tmp_path / "h.png")
+    assert path.read_bytes().startswith(PNG_SIGNATURE)
+
+
 def test_report_without_runs_says_not_run(tmp_path: Path) -> None:
     md = write_report([], tmp_path, {})
     text = md.read_text(encoding="utf-8")

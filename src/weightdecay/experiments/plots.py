@@ -41,9 +41,13 @@ _COLOURS = {"SGD": "C0", "SGDW": "C1", "Adam": "C2", "AdamW": "C3", "AdamWR": "C
 
 
 def _figure(width: float, height: float) -> Figure:
+    """A figure on its own Agg canvas: no pyplot, no global backend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=DPI)
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _margins(
