@@ -136,7 +136,7 @@ def _log1p(x: Fraction) -> float:
         return math.log(x.numerator) - math.log(x.denominator)
 
 
-def _cosine_multiplier(fraction: Fraction, eta_min: float) -> float:
+def _cosine_multiplier(fraction: float, eta_min: float) -> float:
     """``eta_min + (1 - eta_min) (1 + cos(pi f)) / 2`` for ``f`` in [0, 1].
 
     Evaluated as ``cos(pi f / 2)**2``, the same value without the
@@ -145,7 +145,7 @@ def _cosine_multiplier(fraction: Fraction, eta_min: float) -> float:
     """
     if fraction >= 1:
         return eta_min
-    c = math.cos(0.5 * math.pi * float(fraction)) ** 2
+    c = math.cos(0.5 * math.pi * fraction) ** 2
     return min(1.0, max(eta_min, eta_min + (1.0 - eta_min) * c))
 
 
@@ -250,7 +250,7 @@ class _Cosine:
 
     def __call__(self, position: Real) -> float:
         fraction = min(_position(position) / self.T, Fraction(1))
-        return _cosine_multiplier(fraction, self.eta_min)
+        return _cosine_multiplier(float(fraction), self.eta_min)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,7 +265,7 @@ class _WarmRestarts:
 
     def __call__(self, position: Real) -> float:
         run = self.run(position)
-        return _cosine_multiplier(run.T_cur / run.T_i, self.eta_min)
+        return _cosine_multiplier(float(run.T_cur / run.T_i), self.eta_min)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -400,6 +400,27 @@ def _set_group_value(group: dict[str, Any], key: str, value: float) -> None:
 _EXACT_STATE_KEYS = ("T_0", "T_mult", "warmup_epochs")
 
 
+class _StepWindow(NamedTuple):
+    """Steps ``first <= k < stop`` of one run (or of the warmup).
+
+    Inside, ``T_cur / T_i`` (or the warmup fraction) is ``(k - offset) /
+    scale`` with exact rationals ``offset`` (the first position in steps)
+    and ``scale`` (the length in steps), evaluated in integers.
+    """
+
+    first: int
+    stop: int
+    offset: Fraction
+    scale: Fraction
+    warmup: bool
+    T_i: Fraction
+
+    def fraction(self, step: int) -> float:
+        offset, scale = self.offset, self.scale
+        numerator = (step * offset.denominator - offset.numerator) * scale.denominator
+        return numerator / (offset.denominator * scale.numerator)
+
+
 class WarmRestarts(LRScheduler):
     """Cosine annealing with warm restarts, stepped once per batch.
 
@@ -413,7 +434,9 @@ class WarmRestarts(LRScheduler):
     Normalized decay: every parameter group that carries
     ``"weight_decay_norm"`` (not ``None``) gets
     ``group["weight_decay"] = lambda_norm * sqrt(batch_size /
-    (dataset_size * T_i))`` at construction and at every restart. The value
+    (dataset_size * T_i))`` at construction, at every restart and on
+    :meth:`load_state_dict` (a ``weight_decay_norm`` changed in between takes
+    effect at the next of these). The value
     is the paper's ``lambda``, the unit of this package's optimizers (decay
     ``eta_t * lambda`` per step); a group whose ``"decay_scaling"`` is
     ``"lr"`` -- PyTorch's unit, decay ``lr_t * weight_decay`` -- gets
@@ -483,7 +506,7 @@ class WarmRestarts(LRScheduler):
             raise ValueError(f"last_epoch must be an integer >= -1, got {last_epoch!r}")
         if isinstance(optimizer, Optimizer):
             self._check_normalized(optimizer.param_groups)
-        self._logged_run = -1
+        self._decay_window = -1
         super().__init__(optimizer, int(last_epoch))
 
     def _check_normalized(self, groups: list[dict[str, Any]]) -> tuple[int, int]:
@@ -509,16 +532,28 @@ class WarmRestarts(LRScheduler):
     def run(self) -> RestartRun:
         """The current :class:`RestartRun` (run 0 at ``T_cur = 0`` in warmup)."""
         inside = max(self.position - self.warmup_epochs, Fraction(0))
-        cached = self.__dict__.get("_run_cache")
-        if cached is not None:
-            # Within the run found last time: T_cur without a new search.
-            T_0, T_mult, run = cached
-            same_schedule = T_0 == self.T_0 and T_mult == self.T_mult
-            if same_schedule and run.start <= inside < run.start + run.T_i:
-                return run._replace(T_cur=inside - run.start)
-        run = _locate(inside, self.T_0, self.T_mult)
-        self.__dict__["_run_cache"] = (self.T_0, self.T_mult, run)
-        return run
+        return _locate(inside, self.T_0, self.T_mult)
+
+    def _window(self) -> _StepWindow:
+        """The steps of the current run, found again only when it is left."""
+        step = max(self.last_epoch, 0)
+        window = self.__dict__.get("_window_cache")
+        if window is not None and window.first <= step < window.stop:
+            return window
+        spe = self.steps_per_epoch
+        warmup_steps = self.warmup_epochs * spe
+        if step < warmup_steps:
+            window = _StepWindow(
+                0, math.ceil(warmup_steps), Fraction(0), warmup_steps, True, self.T_0
+            )
+        else:
+            run = self.run()
+            offset = (self.warmup_epochs + run.start) * spe
+            scale = run.T_i * spe
+            stop = math.ceil(offset + scale)
+            window = _StepWindow(math.ceil(offset), stop, offset, scale, False, run.T_i)
+        self.__dict__["_window_cache"] = window
+        return window
 
     @property
     def run_index(self) -> int:
@@ -537,11 +572,11 @@ class WarmRestarts(LRScheduler):
 
     def multiplier(self) -> float:
         """The schedule multiplier ``eta_t`` at the current position."""
-        position = self.position
-        if position < self.warmup_epochs:
-            return float(position / self.warmup_epochs)
-        run = self.run()
-        return _cosine_multiplier(run.T_cur / run.T_i, self.eta_min)
+        window = self._window()
+        fraction = window.fraction(max(self.last_epoch, 0))
+        if window.warmup:
+            return fraction
+        return _cosine_multiplier(fraction, self.eta_min)
 
     # LRScheduler interface ----------------------------------------------
 
@@ -555,9 +590,13 @@ class WarmRestarts(LRScheduler):
     def step(self, epoch: int | None = None) -> None:
         """Advance one batch; at a restart, also renew normalized decay."""
         super().step(epoch)
-        self._apply_weight_decay()
+        if self._window().first != self._decay_window:
+            self._apply_weight_decay()
 
     def _apply_weight_decay(self) -> None:
+        """Set ``weight_decay`` of the normalized groups for the current run."""
+        window = self._window()
+        self._decay_window = window.first
         groups = [
             g
             for g in self.optimizer.param_groups
@@ -566,27 +605,24 @@ class WarmRestarts(LRScheduler):
         if not groups:
             return
         batch_size, dataset_size = self._check_normalized(groups)
-        run = self.run()
         for group in groups:
             decay = normalized_weight_decay(
-                group["weight_decay_norm"], batch_size, dataset_size, float(run.T_i)
+                group["weight_decay_norm"], batch_size, dataset_size, float(window.T_i)
             )
             if group.get("decay_scaling") == "lr":
                 decay = decay / float(group["initial_lr"])
             _set_group_value(group, "weight_decay", decay)
-        if run.index != self._logged_run:
-            self._logged_run = run.index
-            logger.info(
-                "run %d: T_i=%s epochs, weight_decay=%s",
-                run.index,
-                run.T_i,
-                [g["weight_decay"] for g in groups],
-            )
+        logger.info(
+            "step %d: run of T_i=%s epochs, weight_decay=%s",
+            window.first,
+            window.T_i,
+            [g["weight_decay"] for g in groups],
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """The scheduler's state: plain numbers, loadable with weights_only."""
         state = super().state_dict()
-        state.pop("_run_cache", None)
+        state.pop("_window_cache", None)
         for key in _EXACT_STATE_KEYS:
             state[key] = str(state[key])
         return state
@@ -602,6 +638,7 @@ class WarmRestarts(LRScheduler):
         for key in _EXACT_STATE_KEYS:
             state[key] = Fraction(state[key])
         self.__dict__.update(state)
+        self.__dict__.pop("_window_cache", None)
         self._check_normalized(self.optimizer.param_groups)
         for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
             _set_group_value(group, "lr", lr)
