@@ -71,13 +71,7 @@ def _list(flag: str, item: Callable[[str], Any]) -> Callable[[str], list[Any]]:
         parts = [p.strip() for p in text.split(",") if p.strip()]
         if not parts:
             raise _fail(flag, text, "expected a comma-separated list")
-        values = []
-        for part in parts:
-            try:
-                values.append(item(part))
-            except argparse.ArgumentTypeError as err:
-                raise _fail(flag, text, str(err).split(": ", 1)[-1]) from None
-        return values
+        return [item(part) for part in parts]
 
     return parse
 

@@ -77,19 +77,32 @@ class Executor(Protocol):
         ...
 
 
-def _exit_with_parent(parent: int, interval: float = 1.0) -> None:
-    """Poll the parent's pid; end this worker at once when the parent is gone."""
+def _exit_with_sweep(sweep_pid: int, interval: float = 1.0) -> None:
+    """End this worker at once when the sweep's process or our parent is gone.
+
+    Under ``forkserver`` the parent is the fork server, which exits when the
+    sweep's process does; under ``spawn`` it is the sweep's process itself.
+    """
+    parent = os.getppid()
     while True:
         time.sleep(interval)
         if os.getppid() != parent:
             os._exit(1)
+        try:
+            os.kill(sweep_pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:
+            pass
 
 
-def _worker_init(parent: int) -> None:
+def _worker_init(sweep_pid: int) -> None:
     import torch
 
     torch.set_num_threads(1)
-    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    watchdog = threading.Thread(target=_exit_with_sweep, args=(sweep_pid,))
+    watchdog.daemon = True
+    watchdog.start()
 
 
 class InlineExecutor:
@@ -111,7 +124,8 @@ class LocalExecutor:
 
     At most ``workers`` runs are in flight. When a worker dies (the pool
     breaks), the runs in flight are reported, the pool is rebuilt, and each of
-    them is retried once more (``retries``) before it is given up as failed.
+    them is retried (``retries`` more times, alone in the pool so that a run
+    killed beside the culprit is not blamed) before it is given up as failed.
     An exception raised by ``fn`` fails that run at once (it would recur).
     Workers end themselves when the sweep's process dies.
 
@@ -124,7 +138,7 @@ class LocalExecutor:
     def __init__(
         self,
         workers: int | None = None,
-        start_method: str = "spawn",
+        start_method: str = "forkserver",
         retries: int = 1,
     ) -> None:
         if workers is None:
@@ -140,9 +154,15 @@ class LocalExecutor:
         self.retries = retries
 
     def _pool(self) -> cf.ProcessPoolExecutor:
+        context = multiprocessing.get_context(self.start_method)
+        if self.start_method == "forkserver":
+            # Workers fork from a server that imported torch once.
+            context.set_forkserver_preload(
+                ["torch", "torch._dynamo", "weightdecay.experiments.train"]
+            )
         return cf.ProcessPoolExecutor(
             max_workers=self.workers,
-            mp_context=multiprocessing.get_context(self.start_method),
+            mp_context=context,
             initializer=_worker_init,
             initargs=(os.getpid(),),
         )
@@ -155,9 +175,15 @@ class LocalExecutor:
         running: dict[cf.Future, tuple[Config, int]] = {}
         try:
             while queue or running:
+                # A retry runs alone, so a second death points at its culprit.
                 while queue and len(running) < self.workers:
+                    solo = queue[-1][1] > 1
+                    if running and (solo or _any_retry(running)):
+                        break
                     config, attempt = queue.pop()
                     running[pool.submit(fn, config)] = (config, attempt)
+                    if solo:
+                        break
                 done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
                 broken = False
                 for future in done:
@@ -166,12 +192,7 @@ class LocalExecutor:
                         yield Outcome(config, future.result(), attempts=attempt)
                     except BrokenProcessPool:
                         broken = True
-                        message = f"worker died during attempt {attempt}"
-                        logger.warning("%s: %s", _short(config), message)
-                        if attempt <= self.retries:
-                            queue.append((config, attempt + 1))
-                        else:
-                            yield Outcome(config, None, message, attempt)
+                        yield from self._retry(queue, config, attempt)
                     except Exception:
                         error = traceback.format_exc()
                         yield Outcome(config, None, error, attempts=attempt)
@@ -179,17 +200,28 @@ class LocalExecutor:
                     # Every other run in flight died with the pool: retry them.
                     for future, (config, attempt) in running.items():
                         future.cancel()
-                        if attempt <= self.retries:
-                            queue.append((config, attempt + 1))
-                        else:
-                            message = f"worker pool broke during attempt {attempt}"
-                            yield Outcome(config, None, message, attempt)
+                        yield from self._retry(queue, config, attempt)
                     running.clear()
                     pool.shutdown(wait=False, cancel_futures=True)
-                    logger.warning("worker process died; restarting the pool")
+                    logger.warning("a worker process died; restarting the pool")
                     pool = self._pool()
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+
+    def _retry(
+        self, queue: list[tuple[Config, int]], config: Config, attempt: int
+    ) -> Iterator[Outcome]:
+        """Queue another attempt, or yield the failure when none is left."""
+        message = f"worker died during attempt {attempt}"
+        logger.warning("%s: %s", _short(config), message)
+        if attempt <= self.retries:
+            queue.append((config, attempt + 1))
+        else:
+            yield Outcome(config, None, message, attempt)
+
+
+def _any_retry(running: Mapping[cf.Future, tuple[Config, int]]) -> bool:
+    return any(attempt > 1 for _, attempt in running.values())
 
 
 def make_executor(name: str, workers: int | None = None) -> Executor:

@@ -1,0 +1,146 @@
+"""Executors, the resumable sweep and its progress bar."""
+
+import functools
+import io
+import textwrap
+
+import pytest
+
+from weightdecay.experiments.store import Store
+from weightdecay.experiments.sweep import (
+    InlineExecutor,
+    LocalExecutor,
+    Progress,
+    make_executor,
+    run_sweep,
+)
+from weightdecay.experiments.train import make_config
+
+# Run functions for the pool live in a module of their own, written at test
+# time: spawned workers import them by name.
+HELPERS = textwrap.dedent(
+    """
+    import os
+    from pathlib import Path
+
+    from weightdecay.experiments.train import config_key
+
+
+    def fake(config):
+        return {
+            "key": config_key(config), "config": dict(config), "status": "ok",
+            "diverged_step": None,
+            "final": {"train_loss": 0.1, "val_loss": 0.2, "val_error": 0.3,
+                      "test_loss": 0.2, "test_error": config["seed"] / 100},
+            "curves": {"epoch": [1]}, "wall_s": 0.0,
+        }
+
+
+    def die_on_13(config, marker=None):
+        # Kill the worker for seed 13: every time, or once if marker is given.
+        if config["seed"] == 13:
+            if marker is None or not Path(marker).exists():
+                if marker is not None:
+                    Path(marker).touch()
+                os._exit(3)
+        return fake(config)
+
+
+    def raise_on_13(config):
+        if config["seed"] == 13:
+            raise RuntimeError("bad configuration 13")
+        return fake(config)
+    """
+)
+
+
+@pytest.fixture
+def helpers(tmp_path, monkeypatch):
+    (tmp_path / "sweep_helpers.py").write_text(HELPERS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import sweep_helpers
+
+    return sweep_helpers
+
+
+def configs(seeds):
+    return [
+        make_config(optimizer="AdamW", lr=1e-3, weight_decay=0.0, epochs=1, seed=s)
+        for s in seeds
+    ]
+
+
+def test_inline_sweep_stores_each_run_once_and_skips_stored_ones(tmp_path, helpers):
+    stream = io.StringIO()
+    with Store(tmp_path / "out") as store:
+        first = run_sweep(
+            configs([1, 2, 2]), store, InlineExecutor(), helpers.fake, stream=stream
+        )
+        assert (first.requested, first.skipped, first.ok) == (2, 0, 2)
+        second = run_sweep(
+            configs([1, 2, 3]), store, InlineExecutor(), helpers.fake, stream=stream
+        )
+        assert (second.requested, second.skipped, second.ok) == (3, 2, 1)
+        assert sorted(r["config"]["seed"] for r in store.records()) == [1, 2, 3]
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("[1/2] grid AdamW lr=0.001 wd=0 ep=1 seed=1: val 30.00%")
+    assert lines[-1].startswith("[1/1] ") and "seed=3" in lines[-1]
+
+
+def test_a_raising_run_is_failed_and_the_sweep_goes_on(tmp_path, helpers):
+    with Store(tmp_path) as store:
+        summary = run_sweep(
+            configs([1, 13, 2]),
+            store,
+            InlineExecutor(),
+            helpers.raise_on_13,
+            progress=False,
+        )
+        assert (summary.ok, summary.failed) == (2, 1)
+        failed = store.records("failed")
+    assert failed[0]["config"]["seed"] == 13
+    assert "bad configuration 13" in failed[0]["error"]
+
+
+def test_pool_retries_a_run_whose_worker_died_once(tmp_path, helpers):
+    fn = functools.partial(helpers.die_on_13, marker=str(tmp_path / "died"))
+    outcomes = list(LocalExecutor(2).run(fn, configs([1, 13, 2, 3])))
+    by_seed = {o.config["seed"]: o for o in outcomes}
+    assert sorted(by_seed) == [1, 2, 3, 13]
+    assert all(o.record is not None for o in outcomes)
+    assert by_seed[13].attempts == 2
+    assert (tmp_path / "died").exists()
+
+
+def test_pool_gives_up_after_the_retry_and_the_sweep_goes_on(tmp_path, helpers):
+    with Store(tmp_path) as store:
+        summary = run_sweep(
+            configs([13, 1, 2]),
+            store,
+            LocalExecutor(2),
+            helpers.die_on_13,
+            progress=False,
+        )
+        assert (summary.ok, summary.failed) == (2, 1)
+        (failed,) = store.records("failed")
+    assert failed["config"]["seed"] == 13
+    assert "worker died during attempt 2" in failed["error"]
+
+
+def test_progress_bar_counts_and_estimates():
+    stream = io.StringIO()
+    bar = Progress(4, stream, width=8)
+    assert bar.bar().startswith("[--------] 0/4   0% 00:00 < --:--")
+    bar.update("run a")
+    bar.update("run b")
+    assert bar.bar().startswith("[####----] 2/4  50% ")
+    assert stream.getvalue() == "[1/4] run a\n[2/4] run b\n"
+
+
+def test_executor_names_and_worker_counts_are_checked():
+    assert make_executor("local", 3).workers == 3
+    assert isinstance(make_executor("inline"), InlineExecutor)
+    with pytest.raises(ValueError, match="executor must be one of .* got 'ray'"):
+        make_executor("ray")
+    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
+        LocalExecutor(0)
