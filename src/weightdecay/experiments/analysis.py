@@ -40,6 +40,62 @@ from typing import Any
 
 import numpy as np
 
+from weightdecay.decay import normalized_weight_decay
+
+__all__ = [
+    "BUDGET_MAX_NORM_SHIFT",
+    "BUDGET_MIN_RAW_SHIFT",
+    "DIAGONAL_MAX_SLOPE",
+    "FAILED_ERROR",
+    "MIN_SEEDS",
+    "MIN_USABLE_ROWS",
+    "RESTART_FINAL_TOLERANCE",
+    "ROW_EXCLUSION_MARGIN",
+    "SEEDS_MIN_SE_MULTIPLE",
+    "SEPARABLE_MAX_ABS_SLOPE",
+    "BestDecay",
+    "BudgetBest",
+    "ClaimResult",
+    "CurveStats",
+    "Grid",
+    "LineFit",
+    "NoiseSummary",
+    "Ridge",
+    "RowBest",
+    "SeedStats",
+    "Table",
+    "analyse",
+    "binomial_se",
+    "budget_bests",
+    "build_grid",
+    "claim_adamw_vs_adam",
+    "claim_normalized_decay",
+    "claim_restarts",
+    "claim_separability",
+    "curve_stats",
+    "curve_value",
+    "failed_runs",
+    "fit_line",
+    "fmt_log2",
+    "fmt_pct",
+    "fmt_slope",
+    "fmt_span",
+    "near_best_range",
+    "noise_summary",
+    "normalization_factor",
+    "rankdata",
+    "record_value",
+    "refine_best",
+    "restart_arms",
+    "ridge",
+    "ridge_verdict",
+    "run_ends",
+    "seed_stats",
+    "select",
+    "spearman",
+    "status_counts",
+]
+
 logger = logging.getLogger(__name__)
 
 Record = Mapping[str, Any]
@@ -1035,10 +1091,15 @@ def _seeds_regime(records: Sequence[Record], regime: str) -> ClaimResult:
     )
     if ok:
         notes.append(f"AdamW is lower by {z:.1f} standard errors of the difference.")
+    elif diff <= 0:
+        notes.append(
+            f"AdamW's mean test error is not lower: Adam+L2 - AdamW = "
+            f"{100 * diff:+.2f} points."
+        )
     else:
         notes.append(
-            f"The difference is {z:.1f} standard errors, short of "
-            f"{SEEDS_MIN_SE_MULTIPLE:g} (or not in AdamW's favour)."
+            f"AdamW is lower by {z:.1f} standard errors of the difference, short "
+            f"of {SEEDS_MIN_SE_MULTIPLE:g}."
         )
     notes.append(
         "Both arms are scored on the same test images, so the test set's own "
@@ -1087,13 +1148,12 @@ def budget_threshold() -> str:
 
 
 def normalization_factor(batch_size: int, train_size: int, epochs: float) -> float:
-    """``sqrt(b / (B T))``, the factor between raw and normalized decay."""
-    if batch_size < 1 or train_size < 1 or not epochs > 0:
-        raise ValueError(
-            f"batch_size, train_size and epochs must be positive, got "
-            f"{batch_size!r}, {train_size!r}, {epochs!r}"
-        )
-    return math.sqrt(batch_size / (train_size * epochs))
+    """``sqrt(b / (B T))``: raw decay = normalized decay x this factor.
+
+    Raises:
+        ValueError: On a non-positive size or budget.
+    """
+    return normalized_weight_decay(1.0, batch_size, train_size, epochs)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,15 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+__all__ = [
+    "all_figures",
+    "budget_plot",
+    "heatmaps",
+    "learning_curves",
+    "placeholder",
+    "restarts_plot",
+]
+
 logger = logging.getLogger(__name__)
 
 DPI = 100

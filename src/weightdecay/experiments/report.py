@@ -22,6 +22,8 @@ from typing import Any
 from weightdecay.experiments import analysis, plots
 from weightdecay.experiments.analysis import ClaimResult, Table
 
+__all__ = ["render_html", "render_markdown", "write_report"]
+
 logger = logging.getLogger(__name__)
 
 TITLE = "Reproduction: Decoupled Weight Decay Regularization (Loshchilov & Hutter)"
