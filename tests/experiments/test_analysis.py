@@ -213,6 +213,14 @@ def test_refine_best_tie_lands_between_and_is_clipped() -> None:
     assert A._parabola_vertex([0, 1, 2], [0.5, 0.5, 0.5]) == 1
 
 
+def test_refine_best_keeps_grid_position_next_to_a_failed_run() -> None:
+    decays = [1 / 8, 1 / 4, 1 / 2, 1.0]
+    values = [0.3, 0.10, 0.09, A.FAILED_ERROR]
+    assert A.refine_best(decays, values).log2_decay < -1.0
+    kept = A.refine_best(decays, values, failed=[False, False, False, True])
+    assert kept.log2_decay == -1.0 and kept.edge is None
+
+
 def test_refine_best_censors_edges_and_never_refines_into_zero() -> None:
     decays = [0.0, 0.25, 0.5, 1.0]
     low = A.refine_best(decays, [0.12, 0.10, 0.11, 0.20])

@@ -531,20 +531,23 @@ def refine_best(
     decays: Sequence[float],
     values: Sequence[float],
     tiebreak: Sequence[float] | None = None,
+    failed: Sequence[bool] | None = None,
 ) -> BestDecay:
     """The best decay among ``decays`` by ``values``, refined in log2.
 
     The lowest value wins (ties go to the lower ``tiebreak``, then the smaller
     decay; NaN cells are missing). A best positive decay with a positive
     neighbour on each side is refined by a parabola through the three points
-    in ``log2(decay)``, clipped to the two neighbours. A best cell at the
-    smallest or largest positive decay, or at decay 0, is censored: its
-    ``edge`` is set and its position is the grid value.
+    in ``log2(decay)``, clipped to the two neighbours; when a neighbour is a
+    failed run its value is not a measurement, so the grid position is kept.
+    A best cell at the smallest or largest positive decay, or at decay 0, is
+    censored: its ``edge`` is set and its position is the grid value.
 
     Args:
         decays: Non-negative decays, one per cell (any order).
         values: The metric per cell; NaN for a missing cell, ``inf`` allowed.
         tiebreak: A second metric for equal ``values``.
+        failed: Cells whose runs diverged or failed.
 
     Raises:
         ValueError: On mismatched lengths, negative decays or no cell present.
@@ -575,6 +578,8 @@ def refine_best(
     if pos == len(positive) - 1:
         return BestDecay(best, float(d[best]), grid_log2, float(v[best]), "high")
     trio = positive[pos - 1 : pos + 2]
+    if failed is not None and any(bool(failed[k]) for k in trio):
+        return BestDecay(best, float(d[best]), grid_log2, float(v[best]), None)
     log2_best = _parabola_vertex(
         [math.log2(d[k]) for k in trio], [float(v[k]) for k in trio]
     )
@@ -643,7 +648,7 @@ def ridge(grid: Grid, metric: str = "val_error", units: str = "paper") -> Ridge:
     for i, lr in enumerate(grid.lrs):
         if np.all(np.isnan(values[i])):
             continue
-        best = refine_best(grid.decays, values[i], other[i])
+        best = refine_best(grid.decays, values[i], other[i], grid.failed[i])
         if units == "torch":
             best = _to_torch_units(best, float(lr))
         row_error = float(np.nanmin(grid.val_error[i]))
@@ -1195,6 +1200,7 @@ def budget_bests(records: Sequence[Record]) -> list[BudgetBest]:
             float(np.mean([record_value(r, "val_loss") for r in by_decay[d]]))
             for d in decays
         ]
+        bad = [any(failed(r) for r in by_decay[d]) for d in decays]
         c = _config(runs[0])
         factor = normalization_factor(
             int(c["batch_size"]), int(c["train_size"]), float(epochs)
@@ -1207,7 +1213,7 @@ def budget_bests(records: Sequence[Record]) -> list[BudgetBest]:
                 decays=tuple(decays),
                 val_error=tuple(errors),
                 factor=factor,
-                best=refine_best(decays, errors, losses),
+                best=refine_best(decays, errors, losses, bad),
                 val_size=int(_typical(int(_config(r)["val_size"]) for r in runs)),
             )
         )
