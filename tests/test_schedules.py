@@ -265,6 +265,47 @@ def test_scheduler_follows_pure_schedule_per_batch():
     assert [lrs[k - 1][0] for k in (4, 10, 19)] == [0.1, 0.1, 0.1]
 
 
+def test_scheduler_runs_shorter_than_a_step():
+    """Runs shorter than one batch are skipped exactly as the pure schedule does."""
+    optimizer = torch.optim.SGD(normalized_groups(), lr=1.0)
+    scheduler = WarmRestarts(
+        optimizer,
+        T_0=0.1,
+        T_mult=1.5,
+        eta_min=0.2,
+        steps_per_epoch=3,
+        warmup_epochs=Fraction(1, 3),
+        batch_size=128,
+        dataset_size=50_000,
+    )
+    schedule = linear_warmup(Fraction(1, 3), warm_restarts(0.1, 1.5, eta_min=0.2))
+    seen = set()
+    for k in range(1, 120):
+        drive(optimizer, scheduler, 1)
+        seen.add(scheduler.run_index)
+        position = Fraction(k, 3)
+        run = warm_restart_run(max(position - Fraction(1, 3), Fraction(0)), 0.1, 1.5)
+        assert optimizer.param_groups[0]["lr"] == 0.1 * schedule(position), f"step {k}"
+        assert (scheduler.run_index, scheduler.T_cur, scheduler.T_i) == run[:3]
+        assert optimizer.param_groups[0]["weight_decay"] == normalized_weight_decay(
+            0.025, 128, 50_000, float(run.T_i)
+        ), f"step {k}"
+    # 118/3 epochs after the warmup: E_13 = 0.2 (1.5**13 - 1) ~ 38.7 <= 39.3 < E_14.
+    assert scheduler.run_index == 13
+    assert 1 not in seen and {0, 2, 3, 4} <= seen, "run 1 (epochs 0.1-0.25) unseen"
+
+
+def test_scheduler_with_tensor_lr():
+    """A tensor lr is updated in place and keeps its identity."""
+    lr = torch.tensor(0.5)
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.ones(2))], lr=lr)
+    scheduler = WarmRestarts(optimizer, T_0=1, steps_per_epoch=4)
+    drive(optimizer, scheduler, 2)
+    assert optimizer.param_groups[0]["lr"] is lr
+    assert lr.item() == pytest.approx(0.25, rel=1e-6)
+    assert scheduler.get_last_lr()[0].item() == pytest.approx(0.25, rel=1e-6)
+
+
 def test_scheduler_with_warmup():
     """Warmup ramps from 0 over warmup_epochs, then the first run starts at 1.0."""
     optimizer = make_sgd(0.2)
