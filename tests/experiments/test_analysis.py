@@ -267,6 +267,24 @@ def test_ridge_recovers_known_slope(slope: float) -> None:
     )
 
 
+@pytest.mark.parametrize("slope", [0.0, -1.0])
+def test_ridge_slope_survives_binomial_noise(slope: float) -> None:
+    # Each cell's error is redrawn as a binomial count on 10 000 images.
+    rng = np.random.default_rng(0)
+    records = grid_records(
+        "AdamW", slope, lr_log2=tuple(range(-10, -3)), decay_log2=tuple(range(-19, -5))
+    )
+    for rec in records:
+        p = min(rec["final"]["val_error"], 1.0)
+        rec["final"]["val_error"] = rng.binomial(10_000, p) / 10_000
+    grid = A.build_grid(records, "AdamW", "short")
+    assert grid is not None
+    r = A.ridge(grid)
+    assert r.fit is not None and r.count(A.USED) >= 6
+    assert abs(r.fit.slope - slope) < 0.15
+    assert abs(r.fit.slope - slope) < 3 * r.fit.slope_se + 0.05
+
+
 def test_ridge_in_torch_units_shifts_slope_by_minus_one() -> None:
     grid = A.build_grid(grid_records("AdamW", 0.0), "AdamW", "short")
     assert grid is not None
