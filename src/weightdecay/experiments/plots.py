@@ -97,6 +97,12 @@ def placeholder(path: Path, text: str) -> Path:
     return _save(fig, path)
 
 
+def _whole_ticks(ax: Axes) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _octave(x: float) -> str:
     """``log2`` of a positive number, as an integer when it is one."""
     e = math.log2(x)
@@ -285,6 +291,7 @@ def learning_curves(records: Sequence[analysis.Record], path: Path) -> Path:
         ax_loss.set_ylabel("val cross-entropy", fontsize=8)
         for ax in (ax_err, ax_loss):
             ax.set_xlabel("epoch", fontsize=8)
+            _whole_ticks(ax)
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
         ax_err.legend(fontsize=7)
@@ -370,6 +377,7 @@ def restarts_plot(records: Sequence[analysis.Record], path: Path) -> Path:
     for e in ends:
         ax.axvline(e, color="0.6", linestyle=":", linewidth=1.0)
     ax.set_xlabel("epoch (dotted: AdamWR run ends)", fontsize=8)
+    _whole_ticks(ax)
     ax.set_ylabel("val error (%)", fontsize=8)
     ax.set_title("Warm restarts: val error per epoch", fontsize=9)
     ax.tick_params(labelsize=7)
