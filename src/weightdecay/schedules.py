@@ -97,12 +97,15 @@ def _exact(name: str, value: object) -> Fraction:
         raise ValueError(f"{name} must be a real number, got {value!r}")
     if isinstance(value, numbers.Rational):
         return Fraction(value.numerator, value.denominator)
-    if isinstance(value, float | decimal.Decimal):
-        if not math.isfinite(value):
+    if isinstance(value, decimal.Decimal):
+        if not value.is_finite():
             raise ValueError(f"{name} must be finite, got {value!r}")
-        if isinstance(value, float):
-            return Fraction(repr(float(value)))
         return Fraction(value)
+    if isinstance(value, numbers.Real):
+        as_float = float(value)
+        if not math.isfinite(as_float):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+        return Fraction(repr(as_float))
     raise ValueError(f"{name} must be a real number, got {value!r}")
 
 
@@ -435,13 +438,14 @@ class WarmRestarts(LRScheduler):
     ``"weight_decay_norm"`` (not ``None``) gets
     ``group["weight_decay"] = lambda_norm * sqrt(batch_size /
     (dataset_size * T_i))`` at construction, at every restart and on
-    :meth:`load_state_dict` (a ``weight_decay_norm`` changed in between takes
-    effect at the next of these). The value
-    is the paper's ``lambda``, the unit of this package's optimizers (decay
-    ``eta_t * lambda`` per step); a group whose ``"decay_scaling"`` is
-    ``"lr"`` -- PyTorch's unit, decay ``lr_t * weight_decay`` -- gets
-    ``lambda / initial_lr`` instead, the same decay per step. Set
-    ``group["decay_scaling"] = "lr"`` to drive ``torch.optim.AdamW`` this way.
+    :meth:`load_state_dict` (a ``weight_decay_norm`` changed in between
+    takes effect at the next of these). The value is the paper's
+    ``lambda``, the unit of this package's optimizers (decay
+    ``eta_t * lambda`` per step). A group whose ``"decay_scaling"`` is
+    ``"lr"`` -- PyTorch's unit, decay ``lr_t * weight_decay`` per step --
+    gets ``lambda / initial_lr`` instead, the same decay per step; put
+    ``"decay_scaling": "lr"`` into a group of ``torch.optim.AdamW`` to drive
+    it this way.
 
     Unlike ``torch.optim.lr_scheduler.CosineAnnealingWarmRestarts``,
     ``eta_min`` is a fraction of the initial learning rate (the paper's
