@@ -141,6 +141,7 @@ META = {
         "train_size": 5000,
         "val_size": 1000,
         "test_size": 1000,
+        "license": "MIT (Zalando)",
     },
     "workers": 2,
     "machine": "test box",
@@ -219,6 +220,7 @@ def test_report_states_configuration_noise_and_time(written: Path) -> None:
         "test box",
         "`5000 / 1000 / 1000`",
         "| version: torch | `2.13.0` |",
+        "| data: license | `MIT (Zalando)` |",
         f"| SEPARABLE_MAX_ABS_SLOPE | {A.SEPARABLE_MAX_ABS_SLOPE:g} |",
         "diverged",
     ):

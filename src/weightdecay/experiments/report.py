@@ -332,6 +332,11 @@ def _meta_blocks(
                             for k in ("train_size", "val_size", "test_size")
                         ),
                     ),
+                    *(
+                        (f"data: {k}", _value(v))
+                        for k, v in sorted(data.items())
+                        if k not in _DATA_KEYS
+                    ),
                     ("workers", _value(meta.get("workers"))),
                     ("machine", _value(meta.get("machine"))),
                     ("time taken (wall)", _duration(meta.get("wall_s"))),
@@ -340,6 +345,9 @@ def _meta_blocks(
             ),
         ),
     ]
+
+
+_DATA_KEYS = ("source", "path", "train_size", "val_size", "test_size")
 
 
 def _value(v: Any) -> str:
