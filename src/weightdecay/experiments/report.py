@@ -339,7 +339,14 @@ def _meta_blocks(
                     ),
                     ("workers", _value(meta.get("workers"))),
                     ("machine", _value(meta.get("machine"))),
-                    ("time taken (wall)", _duration(meta.get("wall_s"))),
+                    (
+                        "time taken (wall, all invocations)",
+                        _duration(meta.get("wall_s")),
+                    ),
+                    (
+                        "time taken (wall, last invocation)",
+                        _duration(meta.get("last_wall_s")),
+                    ),
                     ("runs", str(len(records))),
                 ),
             ),
