@@ -150,6 +150,12 @@ def _add_common(parser: argparse.ArgumentParser, *, default_out: Path) -> None:
         "then the embedded subset)",
     )
     parser.add_argument(
+        "--embedded",
+        action="store_true",
+        help="use the subset shipped in the package, even if the full data set "
+        "is installed",
+    )
+    parser.add_argument(
         "--workers",
         type=_positive_int("--workers"),
         default=os.cpu_count() or 1,
@@ -439,15 +445,24 @@ def _write_report(store, out: Path) -> Path | None:
 
 
 def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from weightdecay.experiments.data import DataError, find_data, load_data
+    from weightdecay.experiments.data import (
+        EMBEDDED_DIR,
+        DataError,
+        find_data,
+        load_data,
+    )
     from weightdecay.experiments.store import Store
     from weightdecay.experiments.studies import plan
     from weightdecay.experiments.sweep import make_executor, run_sweep
     from weightdecay.experiments.train import run_config
 
     started = time.monotonic()
+    if args.embedded and args.data_dir:
+        raise SystemExit(
+            "weightdecay: error: --embedded and --data-dir exclude each other"
+        )
     try:
-        source = find_data(args.data_dir)
+        source = find_data(str(EMBEDDED_DIR) if args.embedded else args.data_dir)
         arrays = load_data(source)
     except DataError as err:
         raise SystemExit(f"weightdecay: error: {err}") from None

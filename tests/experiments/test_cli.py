@@ -82,7 +82,7 @@ def test_tiny_sweep_end_to_end_then_rebuild_the_report(tmp_path):
         assert record["status"] == "ok"
         assert record["key"] == config_key(record["config"])
         assert record["config"]["train_size"] == 200
-        assert record["config"]["data"] == "fashion-mnist"
+        assert record["config"]["data"] == "embedded"
         assert 0.0 <= record["final"]["test_error"] <= 1.0
         assert record["curves"]["epoch"] == [1]
     assert meta["data"]["test_size"] == 2000
@@ -162,3 +162,9 @@ def test_sweep_killed_mid_way_resumes_without_loss_or_duplicates(tmp_path):
     with Store(out) as store:
         statuses = {r["status"] for r in store.records()}
     assert statuses == {"ok"}
+
+
+def test_embedded_flag_uses_the_shipped_subset_and_excludes_data_dir(tmp_path):
+    argv = ["sweep", "--out", str(tmp_path), "--embedded", "--data-dir", "x"]
+    with pytest.raises(SystemExit, match="--embedded and --data-dir exclude"):
+        main(argv)

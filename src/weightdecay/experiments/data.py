@@ -165,6 +165,9 @@ def find_data(
         torchvision_roots: roots under which ``FashionMNIST/raw`` is tried.
         embedded_dir: the subset shipped with the package.
 
+    A named directory that is the embedded subset's is reported as
+    ``"embedded"``; any other as ``"fashion-mnist"``.
+
     Raises:
         DataError: a named directory (argument or environment) lacks a file,
             or the embedded subset is missing.
@@ -182,7 +185,9 @@ def find_data(
                 f"{origin}={value!s}: no Fashion-MNIST there (missing "
                 f"{', '.join(missing)}[.gz]); not falling back to another source"
             )
-        return DataSource("fashion-mnist", origin, directory, files)
+        is_embedded = directory.resolve() == Path(embedded_dir).resolve()
+        name = "embedded" if is_embedded else "fashion-mnist"
+        return DataSource(name, origin, directory, files)
 
     candidates = [("system", system_dir)]
     candidates += [

@@ -228,6 +228,7 @@ def train(config: Mapping[str, Any], split: Split) -> dict[str, Any]:
     generator seeded with the same seed.
     """
     started = time.perf_counter()
+    cpu_started = time.process_time()
     config = dict(config)
     n = len(split.train_x)
     if n != config["train_size"] or len(split.val_x) != config["val_size"]:
@@ -303,6 +304,7 @@ def train(config: Mapping[str, Any], split: Split) -> dict[str, Any]:
         "final": final,
         "curves": curves,
         "wall_s": time.perf_counter() - started,
+        "cpu_s": time.process_time() - cpu_started,
     }
 
 
