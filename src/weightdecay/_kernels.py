@@ -43,6 +43,11 @@ _DTYPES = (torch.float32, torch.float64)
 _PLAIN = (Tensor, torch.nn.Parameter)
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
+# Below this many elements a step runs in the calling thread, as PyTorch's
+# CPU kernels do: waking a thread pool costs more than it saves, and far more
+# when other processes hold the cores.
+_PARALLEL_MIN = 1 << 18
+
 # Elements per parallel work item: 256 KiB of float32 per stream keeps a
 # chunk's seven streams within a core's L2 while amortizing scheduling.
 _CHUNK = 1 << 16
@@ -72,30 +77,33 @@ def applies(params: Sequence[Tensor]) -> bool:
     )
 
 
-def _eligible(*tensor_lists: Sequence[Tensor]) -> list[bool]:
-    """Per row: all tensors plain, contiguous, on the CPU, of one size and dtype.
+def _inspect(
+    *tensor_lists: Sequence[Tensor],
+) -> tuple[list[bool], list[list[int]], list[int]]:
+    """Per row: whether the kernel may take it, the data addresses, the size.
 
-    The dtype is the first parameter's: one kernel call takes one dtype.
-
-    Raw addresses are handed to the kernels, so these conditions guard memory
-    safety, not only speed; a row that fails runs on PyTorch's kernels.
+    A row qualifies when all its tensors are plain (no subclass), contiguous
+    CPU tensors of the first parameter's dtype and of one size. Raw addresses
+    are handed to the kernels, so these conditions guard memory safety, not
+    only speed; a row that fails runs on PyTorch's kernels instead.
     """
     dtype = tensor_lists[0][0].dtype
-    rows = []
-    for row in zip(*tensor_lists, strict=True):
-        numel = row[0].numel()
-        rows.append(
-            dtype in _DTYPES
-            and all(
+    numels = [tensor.numel() for tensor in tensor_lists[0]]
+    rows = [dtype in _DTYPES] * len(numels)
+    addresses = []
+    for tensors in tensor_lists:
+        row_addresses = []
+        for i, tensor in enumerate(tensors):
+            rows[i] = rows[i] and (
                 type(tensor) in _PLAIN
+                and tensor.is_cpu
                 and tensor.dtype == dtype
-                and tensor.device.type == "cpu"
+                and tensor.numel() == numels[i]
                 and tensor.is_contiguous()
-                and tensor.numel() == numel
-                for tensor in row
             )
-        )
-    return rows
+            row_addresses.append(tensor.data_ptr())
+        addresses.append(row_addresses)
+    return rows, addresses, numels
 
 
 def _load() -> dict[str, Any] | None:
@@ -112,8 +120,10 @@ def _load() -> dict[str, Any] | None:
                 logger.info("numba kernels unavailable (%s); using torch", error)
                 return None
             _compiled = {
-                "adam": _numba_kernels.adam_chunks,
-                "sgd": _numba_kernels.sgd_chunks,
+                "adam": _numba_kernels.adam_parallel,
+                "adam_serial": _numba_kernels.adam_serial,
+                "sgd": _numba_kernels.sgd_parallel,
+                "sgd_serial": _numba_kernels.sgd_serial,
                 "set_threads": _numba_kernels.set_threads,
             }
     return _compiled
@@ -138,25 +148,13 @@ def _chunks(numels: tuple[int, ...]) -> np.ndarray:
     return table
 
 
-def _addresses(*tensor_lists: Sequence[Tensor]) -> np.ndarray:
-    """``(len(tensor_lists), n)`` int64 data addresses; empty lists give zeros."""
-    count = len(tensor_lists[0])
-    table = np.zeros((len(tensor_lists), count), dtype=np.int64)
-    for row, tensors in enumerate(tensor_lists):
-        if tensors:
-            table[row] = [tensor.data_ptr() for tensor in tensors]
-    return table
-
-
-def _split(
-    rows: list[bool], *tensor_lists: Sequence[Tensor]
-) -> tuple[list[list[Tensor]], list[list[Tensor]]]:
-    """The lists restricted to eligible rows, and to the others."""
-    take = [[t for t, ok in zip(ts, rows, strict=True) if ok] for ts in tensor_lists]
-    rest = [
-        [t for t, ok in zip(ts, rows, strict=True) if not ok] for ts in tensor_lists
-    ]
-    return take, rest
+def _choose(kernels: dict[str, Any], name: str, numels: tuple[int, ...]) -> Any:
+    """The serial kernel for small steps, else the parallel one on torch's threads."""
+    threads = torch.get_num_threads()
+    if threads == 1 or sum(numels) < _PARALLEL_MIN:
+        return kernels[f"{name}_serial"]
+    kernels["set_threads"](threads)
+    return kernels[name]
 
 
 def _kernels_or_raise() -> dict[str, Any]:
@@ -164,6 +162,17 @@ def _kernels_or_raise() -> dict[str, Any]:
     if kernels is None:
         raise RuntimeError("the numba kernels are unavailable: install numba")
     return kernels
+
+
+def _select(rows: list[bool], items: Sequence[Any], keep: bool) -> list[Any]:
+    return [item for item, ok in zip(items, rows, strict=True) if ok is keep]
+
+
+def _table(addresses: list[list[int]], height: int) -> np.ndarray:
+    """The addresses as an int64 table of ``height`` rows (missing rows zero)."""
+    table = np.zeros((height, len(addresses[0])), dtype=np.int64)
+    table[: len(addresses)] = addresses
+    return table
 
 
 def adam_kernel(
@@ -183,44 +192,40 @@ def adam_kernel(
     amsgrad: bool,
     maximize: bool,
 ) -> None:
-    """Algorithm 2 over all tensors in one parallel pass (see ``_update``).
+    """Algorithm 2 over all tensors in one pass (see ``_update.adam_for_loop``).
 
     Rows whose tensors the kernel cannot take run through
-    ``_update.adam_fused`` (or ``adam_foreach`` where the fused form is
-    undefined: ``lr == 0`` with decay left).
+    ``_update.adam_foreach`` in the same call (not PyTorch's fused kernel,
+    which mishandles non-contiguous tensors on the CPU).
     """
     kernels = _kernels_or_raise()
     lists = [params, grads, exp_avgs, exp_avg_sqs]
     if amsgrad:
         lists.append(max_exp_avg_sqs)
-    rows = _eligible(*lists)
+    rows, addresses, numels = _inspect(*lists)
+    hyper = dict(
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        l2=l2,
+        decay=decay,
+        amsgrad=amsgrad,
+        maximize=maximize,
+    )
     if not all(rows):
-        (ps, gs, ms, vs, *maxs), rest = _split(rows, *lists)
-        (_, _, _, _, *rest_maxs) = rest
-        rest_steps = [t for t, ok in zip(steps, rows, strict=True) if not ok]
-        steps = [t for t, ok in zip(steps, rows, strict=True) if ok]
-        fallback = _update.adam_foreach if lr == 0.0 and decay != 0.0 else None
-        fallback = fallback or _update.adam_fused
-        fallback(
-            *rest[:4],
-            rest_maxs[0] if rest_maxs else [],
-            rest_steps,
-            lr=lr,
-            beta1=beta1,
-            beta2=beta2,
-            eps=eps,
-            l2=l2,
-            decay=decay,
-            amsgrad=amsgrad,
-            maximize=maximize,
-        )
-        params, grads, exp_avgs, exp_avg_sqs = ps, gs, ms, vs
-        max_exp_avg_sqs = maxs[0] if maxs else []
-        if not params:
+        rest = [_select(rows, tensors, False) for tensors in lists]
+        if not amsgrad:
+            rest.append([])
+        _update.adam_foreach(*rest, _select(rows, steps, False), **hyper)
+        if not any(rows):
             return
+        steps = _select(rows, steps, True)
+        numels = _select(rows, numels, True)
+        addresses = [_select(rows, row, True) for row in addresses]
     dtype = _NUMPY_DTYPES[params[0].dtype]
 
-    # Per-tensor scalars cast to the tensors' dtype as PyTorch casts them:
+    # Scalars cast to the tensors' dtype as PyTorch casts them; per tensor
     # -lr / (1 - beta1^t) and sqrt(1 - beta2^t).
     step_sizes = np.array([-lr / (1.0 - beta1**t) for t in steps], dtype=dtype)
     bias2_roots = np.array([math.sqrt(1.0 - beta2**t) for t in steps], dtype=dtype)
@@ -228,12 +233,16 @@ def adam_kernel(
         [1.0 - beta1, beta2, 1.0 - beta2, eps, l2, 1.0 - decay], dtype=dtype
     )
     flags = np.array([amsgrad, maximize, l2 != 0.0, decay != 0.0], dtype=np.int64)
-    addresses = _addresses(
-        params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs if amsgrad else []
+    numels = tuple(numels)
+    kernel = _choose(kernels, "adam", numels)
+    kernel(
+        _chunks(numels),
+        _table(addresses, 5),
+        step_sizes,
+        bias2_roots,
+        coefficients,
+        flags,
     )
-    chunks = _chunks(tuple(param.numel() for param in params))
-    kernels["set_threads"](torch.get_num_threads())
-    kernels["adam"](chunks, addresses, step_sizes, bias2_roots, coefficients, flags)
 
 
 def sgd_kernel(
@@ -248,17 +257,17 @@ def sgd_kernel(
     nesterov: bool,
     maximize: bool,
 ) -> None:
-    """Algorithm 1 over all tensors in one parallel pass (see ``_update``).
+    """Algorithm 1 over all tensors in one pass (see ``_update.sgd_for_loop``).
 
     Rows whose tensors the kernel cannot take run through
-    ``_update.sgd_foreach``.
+    ``_update.sgd_foreach`` in the same call.
     """
     kernels = _kernels_or_raise()
     has_momentum = momentum != 0.0
     lists = [params, grads, momentum_buffers] if has_momentum else [params, grads]
-    rows = _eligible(*lists)
+    rows, addresses, numels = _inspect(*lists)
     if not all(rows):
-        take, rest = _split(rows, *lists)
+        rest = [_select(rows, tensors, False) for tensors in lists]
         _update.sgd_foreach(
             rest[0],
             rest[1],
@@ -270,16 +279,15 @@ def sgd_kernel(
             nesterov=nesterov,
             maximize=maximize,
         )
-        params, grads = take[0], take[1]
-        momentum_buffers = take[2] if has_momentum else []
-        if not params:
+        if not any(rows):
             return
+        numels = _select(rows, numels, True)
+        addresses = [_select(rows, row, True) for row in addresses]
     dtype = _NUMPY_DTYPES[params[0].dtype]
     coefficients = np.array([lr, momentum, l2, 1.0 - decay], dtype=dtype)
     flags = np.array(
         [has_momentum, nesterov, maximize, l2 != 0.0, decay != 0.0], dtype=np.int64
     )
-    addresses = _addresses(params, grads, momentum_buffers if has_momentum else [])
-    chunks = _chunks(tuple(param.numel() for param in params))
-    kernels["set_threads"](torch.get_num_threads())
-    kernels["sgd"](chunks, addresses, coefficients, flags)
+    numels = tuple(numels)
+    kernel = _choose(kernels, "sgd", numels)
+    kernel(_chunks(numels), _table(addresses, 3), coefficients, flags)

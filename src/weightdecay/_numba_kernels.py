@@ -15,7 +15,13 @@ import numpy as np
 from numba import prange, types
 from numba.extending import intrinsic
 
-__all__ = ["adam_chunks", "set_threads", "sgd_chunks"]
+__all__ = [
+    "adam_parallel",
+    "adam_serial",
+    "set_threads",
+    "sgd_parallel",
+    "sgd_serial",
+]
 
 
 @intrinsic
@@ -29,82 +35,108 @@ def _pointer(typingctx, address, like):  # noqa: ARG001 - numba's signature
     return pointer_type(address, like), codegen
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
-def adam_chunks(chunks, addresses, step_sizes, bias2_roots, coefficients, flags):
-    """Algorithm 2 on every chunk; ``addresses`` rows: p, g, m, v, max v."""
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _adam_chunk(c, chunks, addresses, step_sizes, bias2_roots, coefficients, flags):
+    """Algorithm 2 on chunk ``c``; ``addresses`` rows: p, g, m, v, max v."""
     one_minus_beta1, beta2 = coefficients[0], coefficients[1]
     one_minus_beta2 = coefficients[2]
     eps, l2, keep = coefficients[3], coefficients[4], coefficients[5]
     amsgrad, maximize, has_l2, has_decay = flags[0], flags[1], flags[2], flags[3]
-    for c in prange(chunks.shape[0]):
-        index, start, end = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-        param = _pointer(addresses[0, index], coefficients)
-        grad = _pointer(addresses[1, index], coefficients)
-        exp_avg = _pointer(addresses[2, index], coefficients)
-        exp_avg_sq = _pointer(addresses[3, index], coefficients)
-        max_sq = _pointer(addresses[4, index], coefficients)
-        step_size, bias2_root = step_sizes[index], bias2_roots[index]
-        for j in range(start, end):
-            g = -grad[j] if maximize else grad[j]
-            theta = param[j]
+    index, start, end = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+    param = _pointer(addresses[0, index], coefficients)
+    grad = _pointer(addresses[1, index], coefficients)
+    exp_avg = _pointer(addresses[2, index], coefficients)
+    exp_avg_sq = _pointer(addresses[3, index], coefficients)
+    max_sq = _pointer(addresses[4, index], coefficients)
+    step_size, bias2_root = step_sizes[index], bias2_roots[index]
+    for j in range(start, end):
+        g = -grad[j] if maximize else grad[j]
+        theta = param[j]
 
-            # L2: g + lambda * theta_{t-1}.
-            if has_l2:
-                g = g + l2 * theta
+        # L2: g + lambda * theta_{t-1}.
+        if has_l2:
+            g = g + l2 * theta
 
-            # Moments: m + (1 - b1)(g - m) as torch.lerp, v b2 + (1 - b2) g g.
-            m = exp_avg[j]
-            m = m + one_minus_beta1 * (g - m)
-            exp_avg[j] = m
-            v = exp_avg_sq[j] * beta2
-            v = v + one_minus_beta2 * g * g
-            exp_avg_sq[j] = v
+        # Moments: m + (1 - b1)(g - m) as torch.lerp, v b2 + (1 - b2) g g.
+        m = exp_avg[j]
+        m = m + one_minus_beta1 * (g - m)
+        exp_avg[j] = m
+        v = exp_avg_sq[j] * beta2
+        v = v + one_minus_beta2 * g * g
+        exp_avg_sq[j] = v
 
-            # Decoupled decay on the old weights.
-            if has_decay:
-                theta = theta * keep
+        # Decoupled decay on the old weights.
+        if has_decay:
+            theta = theta * keep
 
-            # theta += (-lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps).
-            if amsgrad:
-                v = max(max_sq[j], v)
-                max_sq[j] = v
-            denom = np.sqrt(v) / bias2_root + eps
-            param[j] = theta + step_size * m / denom
+        # theta += (-lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps).
+        if amsgrad:
+            v = max(max_sq[j], v)
+            max_sq[j] = v
+        denom = np.sqrt(v) / bias2_root + eps
+        param[j] = theta + step_size * m / denom
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
-def sgd_chunks(chunks, addresses, coefficients, flags):
-    """Algorithm 1 on every chunk; ``addresses`` rows: p, g, momentum."""
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _sgd_chunk(c, chunks, addresses, coefficients, flags):
+    """Algorithm 1 on chunk ``c``; ``addresses`` rows: p, g, momentum."""
     lr, momentum = coefficients[0], coefficients[1]
     l2, keep = coefficients[2], coefficients[3]
     has_momentum, nesterov, maximize = flags[0], flags[1], flags[2]
     has_l2, has_decay = flags[3], flags[4]
+    index, start, end = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+    param = _pointer(addresses[0, index], coefficients)
+    grad = _pointer(addresses[1, index], coefficients)
+    buffer = _pointer(addresses[2, index], coefficients)
+    for j in range(start, end):
+        g = -grad[j] if maximize else grad[j]
+        theta = param[j]
+
+        # L2: g + lambda * theta_{t-1}.
+        if has_l2:
+            g = g + l2 * theta
+
+        # m = momentum m + lr g; Nesterov steps by momentum m + lr g.
+        if has_momentum:
+            m = buffer[j] * momentum
+            m = m + lr * g
+            buffer[j] = m
+            update = m * momentum + lr * g if nesterov else m
+        else:
+            update = g * lr
+
+        # Decoupled decay on the old weights, then theta -= update.
+        if has_decay:
+            theta = theta * keep
+        param[j] = theta - update
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def adam_parallel(chunks, addresses, step_sizes, bias2_roots, coefficients, flags):
+    """Algorithm 2 on all chunks, spread over numba's threads."""
     for c in prange(chunks.shape[0]):
-        index, start, end = chunks[c, 0], chunks[c, 1], chunks[c, 2]
-        param = _pointer(addresses[0, index], coefficients)
-        grad = _pointer(addresses[1, index], coefficients)
-        buffer = _pointer(addresses[2, index], coefficients)
-        for j in range(start, end):
-            g = -grad[j] if maximize else grad[j]
-            theta = param[j]
+        _adam_chunk(c, chunks, addresses, step_sizes, bias2_roots, coefficients, flags)
 
-            # L2: g + lambda * theta_{t-1}.
-            if has_l2:
-                g = g + l2 * theta
 
-            # m = momentum m + lr g; Nesterov steps by momentum m + lr g.
-            if has_momentum:
-                m = buffer[j] * momentum
-                m = m + lr * g
-                buffer[j] = m
-                update = m * momentum + lr * g if nesterov else m
-            else:
-                update = g * lr
+@numba.njit(cache=True, nogil=True)
+def adam_serial(chunks, addresses, step_sizes, bias2_roots, coefficients, flags):
+    """Algorithm 2 on all chunks in the calling thread."""
+    for c in range(chunks.shape[0]):
+        _adam_chunk(c, chunks, addresses, step_sizes, bias2_roots, coefficients, flags)
 
-            # Decoupled decay on the old weights, then theta -= update.
-            if has_decay:
-                theta = theta * keep
-            param[j] = theta - update
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def sgd_parallel(chunks, addresses, coefficients, flags):
+    """Algorithm 1 on all chunks, spread over numba's threads."""
+    for c in prange(chunks.shape[0]):
+        _sgd_chunk(c, chunks, addresses, coefficients, flags)
+
+
+@numba.njit(cache=True, nogil=True)
+def sgd_serial(chunks, addresses, coefficients, flags):
+    """Algorithm 1 on all chunks in the calling thread."""
+    for c in range(chunks.shape[0]):
+        _sgd_chunk(c, chunks, addresses, coefficients, flags)
 
 
 def set_threads(count: int) -> None:

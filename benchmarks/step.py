@@ -1,0 +1,340 @@
+"""Time one optimizer step against PyTorch and against the memory bound.
+
+One run measures, on this machine and with torch's default thread count:
+
+* the bandwidth of an in-place triad ``a += s * b`` over buffers larger than
+  the caches (12 bytes per element: read a, read b, write a);
+* for each model size and number of tensors, the median step time of our
+  Adam, AdamW, SGD and SGDW in each implementation (per-tensor loop,
+  ``foreach``, ``fused`` on PyTorch's kernels, and the default, which on the
+  CPU is the multi-tensor kernel) and of ``torch.optim.AdamW``/``Adam``/``SGD``
+  with ``foreach=True`` and ``fused=True``;
+* the peak extra memory of one step: the live bytes of the tensors that the
+  step allocates (counted by a ``TorchDispatchMode`` that records every new
+  output storage of every aten op until it is freed) plus the peak of the
+  Python and numpy heap (``tracemalloc``).
+
+The bound of a step is the bytes it must move divided by the triad's
+bandwidth: fp32 Adam(W) reads parameter, gradient and both moments and writes
+three back (28 bytes per parameter, 36 with amsgrad); SGD(W) with momentum
+reads parameter, gradient and buffer and writes two back (20).
+
+Example:
+    python benchmarks/step.py                      # the full table (~10 min)
+    python benchmarks/step.py --sizes 1e5,1e6 --tensors 1,8 --seconds 0.3
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import sys
+import time
+import tracemalloc
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+import weightdecay as wd
+from weightdecay import _kernels
+
+LR = 1e-3
+# Per-step decays of the same size in both conventions: torch's lr * wd
+# equals the paper's eta * lambda at eta = 1.
+PAPER_DECAY = 1e-5
+TORCH_DECAY = PAPER_DECAY / LR
+L2 = 1e-4
+MOMENTUM = 0.9
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One optimizer configuration to time."""
+
+    family: str  # "adamw", "adam", "sgdw" or "sgd"
+    name: str
+    make: Callable[[list[torch.Tensor]], torch.optim.Optimizer]
+    ours: bool
+
+
+BYTES_PER_PARAM = {"adamw": 28, "adam": 28, "sgdw": 20, "sgd": 20}
+
+
+def variants() -> list[Variant]:
+    """Every configuration, ours and PyTorch's, by family."""
+    impls = {
+        "loop": {"foreach": False},
+        "foreach": {"foreach": True},
+        "fused": {"fused": True},
+        "default": {},
+    }
+    out = []
+    for name, kw in impls.items():
+        loop_kw = {**kw, "fused": False} if name == "loop" else kw
+        out.append(
+            Variant(
+                "adamw",
+                name,
+                lambda ps, kw=loop_kw: wd.AdamW(
+                    ps, lr=LR, weight_decay=PAPER_DECAY, **kw
+                ),
+                True,
+            )
+        )
+    out.append(
+        Variant(
+            "adamw",
+            "default, torch units",
+            lambda ps: wd.AdamW(
+                ps, lr=LR, weight_decay=TORCH_DECAY, decay_scaling="lr"
+            ),
+            True,
+        )
+    )
+    for name, kw in impls.items():
+        loop_kw = {**kw, "fused": False} if name == "loop" else kw
+        out.append(
+            Variant(
+                "adam",
+                name,
+                lambda ps, kw=loop_kw: wd.Adam(ps, lr=LR, weight_decay=L2, **kw),
+                True,
+            )
+        )
+    for family, cls, decay in (("sgdw", wd.SGDW, PAPER_DECAY), ("sgd", wd.SGD, L2)):
+        for name, kw in impls.items():
+            if name == "fused":
+                continue
+            out.append(
+                Variant(
+                    family,
+                    name,
+                    lambda ps, cls=cls, decay=decay, kw=kw: cls(
+                        ps, lr=LR, momentum=MOMENTUM, weight_decay=decay, **kw
+                    ),
+                    True,
+                )
+            )
+    for mode in ("foreach", "fused"):
+        kw = {mode: True}
+        out += [
+            Variant(
+                "adamw",
+                f"torch {mode}",
+                lambda ps, kw=kw: torch.optim.AdamW(
+                    ps, lr=LR, weight_decay=TORCH_DECAY, **kw
+                ),
+                False,
+            ),
+            Variant(
+                "adam",
+                f"torch {mode}",
+                lambda ps, kw=kw: torch.optim.Adam(ps, lr=LR, weight_decay=L2, **kw),
+                False,
+            ),
+            # torch's SGD has no decoupled decay: its L2 form moves the same
+            # bytes and is the baseline for both SGD and SGDW.
+            Variant(
+                "sgd",
+                f"torch {mode}",
+                lambda ps, kw=kw: torch.optim.SGD(
+                    ps, lr=LR, momentum=MOMENTUM, weight_decay=L2, **kw
+                ),
+                False,
+            ),
+        ]
+    return out
+
+
+def triad_bandwidth(elements: int, repeats: int = 9) -> float:
+    """Bytes per second of ``a += s * b`` on two buffers of ``elements`` fp32."""
+    a = torch.rand(elements)
+    b = torch.rand(elements)
+    times = []
+    for _ in range(repeats + 2):
+        start = time.perf_counter()
+        a.add_(b, alpha=1e-7)
+        times.append(time.perf_counter() - start)
+    return 12 * elements / statistics.median(times[2:])
+
+
+def split(total: int, count: int) -> list[int]:
+    """``count`` sizes adding up to ``total``, as equal as possible."""
+    base, extra = divmod(total, count)
+    return [base + (i < extra) for i in range(count)]
+
+
+def time_steps(step: Callable[[], object], seconds: float, repeats: int) -> float:
+    """Median seconds of ``step`` after one warm-up step (which creates state)."""
+    start = time.perf_counter()
+    step()
+    first = time.perf_counter() - start
+    count = max(3, min(repeats, int(seconds / max(first, 1e-9))))
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+class _AllocationMeter(TorchDispatchMode):
+    """Peak live bytes of storages created by aten ops while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+
+    def _freed(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in tree_leaves((args, kwargs))
+            if isinstance(t, torch.Tensor)
+        }
+        out = func(*args, **kwargs)
+        for t in tree_leaves(out):
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            if storage.data_ptr() in inputs or storage.nbytes() == 0:
+                continue
+            inputs.add(storage.data_ptr())
+            nbytes = storage.nbytes()
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(t, self._freed, nbytes)
+        return out
+
+
+def extra_memory(step: Callable[[], object]) -> int:
+    """Peak bytes allocated during one ``step`` (torch tensors + Python heap)."""
+    gc.collect()
+    tracemalloc.start()
+    with _AllocationMeter() as meter:
+        step()
+        gc.collect()
+    _, heap_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return meter.peak + heap_peak
+
+
+def measure(
+    size: int, count: int, chosen: list[Variant], args: argparse.Namespace
+) -> dict[tuple[str, str], tuple[float, int]]:
+    """Step time and extra memory of each variant on one model shape."""
+    generator = torch.Generator().manual_seed(size + count)
+    params = [torch.randn(n, generator=generator) for n in split(size, count)]
+    params = [torch.nn.Parameter(p) for p in params]
+    for param in params:
+        param.grad = torch.randn(param.shape, generator=generator) * 1e-2
+    results = {}
+    for variant in chosen:
+        optimizer = variant.make(params)
+        seconds = time_steps(optimizer.step, args.seconds, args.repeats)
+        memory = extra_memory(optimizer.step) if args.memory else -1
+        results[(variant.family, variant.name)] = (seconds, memory)
+        del optimizer
+        gc.collect()
+    del params
+    gc.collect()
+    return results
+
+
+def parse_sizes(text: str) -> list[int]:
+    return [int(float(item)) for item in text.split(",") if item]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--sizes",
+        default="1e5,1e6,1e7,5e7,1e8",
+        help="model sizes in parameters, comma-separated (default %(default)s)",
+    )
+    parser.add_argument(
+        "--tensors",
+        default="1,8,100,1000",
+        help="numbers of tensors each size is split into (default %(default)s)",
+    )
+    parser.add_argument(
+        "--families",
+        default="adamw,adam,sgdw,sgd",
+        help="optimizer families to time (default %(default)s)",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=1.0,
+        help="timing budget per variant and shape; at least 3 steps are timed",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=100, help="most steps timed per variant"
+    )
+    parser.add_argument(
+        "--no-memory",
+        dest="memory",
+        action="store_false",
+        help="skip the extra-memory measurement",
+    )
+    parser.add_argument("--markdown", help="also write the table to this file")
+    args = parser.parse_args(argv)
+    families = args.families.split(",")
+    chosen = [v for v in variants() if v.family in families]
+    if "sgdw" in families and "sgd" not in families:
+        chosen += [v for v in variants() if v.family == "sgd" and not v.ours]
+
+    load = os.getloadavg()
+    bandwidth = triad_bandwidth(1 << 26)
+    header = (
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"numba kernels {'on' if _kernels.available() else 'off'}, "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
+        f"triad bandwidth {bandwidth / 1e9:.2f} GB/s"
+    )
+    print(header, flush=True)
+    columns = (
+        "| size | tensors | optimizer | implementation | ms/step | / torch fused "
+        "| / bound | extra MB |"
+    )
+    lines = [columns, "|---:|---:|---|---|---:|---:|---:|---:|"]
+    print("\n".join(lines), flush=True)
+    started = time.perf_counter()
+    for size in parse_sizes(args.sizes):
+        for count in parse_sizes(args.tensors):
+            if count > size:
+                continue
+            results = measure(size, count, chosen, args)
+            for (family, name), (seconds, memory) in results.items():
+                baseline_family = "sgd" if family == "sgdw" else family
+                fused = results.get((baseline_family, "torch fused"))
+                bound = BYTES_PER_PARAM[family] * size / bandwidth
+                ratio = f"{seconds / fused[0]:.2f}" if fused else "-"
+                mb = f"{memory / 2**20:.1f}" if memory >= 0 else "-"
+                line = (
+                    f"| {size:.0e} | {count} | {family} | {name} "
+                    f"| {seconds * 1e3:.3f} | {ratio} | {seconds / bound:.2f} "
+                    f"| {mb} |"
+                )
+                lines.append(line)
+                print(line, flush=True)
+    footer = f"total {time.perf_counter() - started:.0f} s; " + header
+    print(footer)
+    if args.markdown:
+        with open(args.markdown, "w") as handle:
+            handle.write(header + "\n\n" + "\n".join(lines) + "\n\n" + footer + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
