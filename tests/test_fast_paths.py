@@ -431,3 +431,29 @@ def test_mixed_dtypes_in_one_group_match_loop():
         loop_params,
     )
     assert_same_run(fast, fast_params, loop, loop_params, 1e-6)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_fused_with_strided_param_matches_loop(amsgrad):
+    """fused=True sends a transposed parameter's row to the multi-tensor path.
+
+    PyTorch's CPU fused Adam kernels walk memory linearly, which updates the
+    wrong elements of a non-contiguous parameter.
+    """
+
+    def fresh():
+        params = make_params(torch.float32)
+        params[3] = torch.nn.Parameter(params[3].detach().t())
+        return params
+
+    results = []
+    for impl in ({"fused": True}, {"foreach": False, "fused": False}):
+        params = fresh()
+        optimizer = run(
+            lambda ps, impl=impl: AdamW(
+                ps, lr=0.01, weight_decay=1e-3, amsgrad=amsgrad, **impl
+            ),
+            params,
+        )
+        results.append((optimizer, params))
+    assert_same_run(*results[0], *results[1], TOL[torch.float32])

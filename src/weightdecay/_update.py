@@ -181,6 +181,33 @@ def adam_fused(
         raise ValueError("adam_fused takes L2 or decoupled decay, not both")
     if decay != 0.0 and lr == 0.0:
         raise ValueError("adam_fused cannot apply decay with lr=0")
+
+    # The fused kernels walk memory linearly: a row with a non-contiguous
+    # tensor would be updated at the wrong elements (PyTorch 2.13, CPU), so
+    # such rows take the multi-tensor path, which computes the same update.
+    rows = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] * amsgrad)
+    dense = [all(t.is_contiguous() for t in row) for row in zip(*rows, strict=True)]
+    if not all(dense):
+
+        def pick(items: Sequence, keep: bool) -> list:
+            return [x for x, ok in zip(items, dense, strict=True) if ok is keep]
+
+        adam_foreach(
+            *(pick(ts, False) for ts in rows[:4]),
+            pick(max_exp_avg_sqs, False) if amsgrad else [],
+            pick(steps, False),
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            eps=eps,
+            l2=l2,
+            decay=decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+        )
+        params, grads, exp_avgs, exp_avg_sqs = (pick(ts, True) for ts in rows[:4])
+        max_exp_avg_sqs = pick(max_exp_avg_sqs, True) if amsgrad else []
+        steps = pick(steps, True)
     decoupled = decay != 0.0
     weight_decay = decay / lr if decoupled else l2
     kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
