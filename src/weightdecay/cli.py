@@ -35,7 +35,9 @@ DEFAULT_OUT = Path("runs/reproduce")
 
 
 def _fail(flag: str, value: str, why: str) -> argparse.ArgumentTypeError:
-    return argparse.ArgumentTypeError(f"{flag}: {why}, got {value!r}")
+    # argparse prefixes "argument FLAG: " where it knows the flag.
+    del flag
+    return argparse.ArgumentTypeError(f"{why}, got {value!r}")
 
 
 def _positive_int(flag: str) -> Callable[[str], int]:
@@ -51,7 +53,9 @@ def _positive_int(flag: str) -> Callable[[str], int]:
     return parse
 
 
-def _float(flag: str, *, minimum: float = 0.0, strict: bool = False):
+def _float(
+    flag: str, *, minimum: float = 0.0, strict: bool = False
+) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -236,7 +240,22 @@ def _build_parser() -> argparse.ArgumentParser:
         type=_list("--seeds-regimes", str),
         help="regimes whose best cells get fresh seeds",
     )
-    rep.add_argument("--budget-lr", type=_float("--budget-lr", strict=True))
+    rep.add_argument(
+        "--grid-optimizers",
+        type=_list("--grid-optimizers", _choice("--grid-optimizers", OPTIMIZERS[:4])),
+        help="optimizers of the grid study (default: SGD,SGDW,Adam,AdamW)",
+    )
+    rep.add_argument(
+        "--grid-test-eval",
+        type=_choice("--grid-test-eval", ("every", "final")),
+        help="evaluate the grid's runs on the test set after every epoch or "
+        "only after the last (the grid is scored on the validation set)",
+    )
+    rep.add_argument(
+        "--budget-lr",
+        type=_float("--budget-lr", strict=True),
+        help="AdamW learning rate of the budget study",
+    )
     rep.add_argument(
         "--budget-epochs",
         type=_list("--budget-epochs", _positive_int("--budget-epochs")),
@@ -247,22 +266,42 @@ def _build_parser() -> argparse.ArgumentParser:
         type=_exp_range("--budget-decays"),
         help="LO:HI: raw lambda 2**LO..2**HI in half-octave steps",
     )
-    rep.add_argument("--budget-train-size", type=_positive_int("--budget-train-size"))
-    rep.add_argument("--restarts-lr", type=_float("--restarts-lr", strict=True))
-    rep.add_argument("--restarts-decay", type=_float("--restarts-decay"))
+    rep.add_argument(
+        "--budget-train-size",
+        type=_positive_int("--budget-train-size"),
+        help="training images of the budget study",
+    )
+    rep.add_argument(
+        "--restarts-lr",
+        type=_float("--restarts-lr", strict=True),
+        help="learning rate shared by AdamWR and cosine AdamW",
+    )
+    rep.add_argument(
+        "--restarts-decay",
+        type=_float("--restarts-decay"),
+        help="paper lambda shared by AdamWR and cosine AdamW",
+    )
     rep.add_argument(
         "--restarts-T-0",
         dest="restarts_T_0",
         type=_float("--restarts-T-0", strict=True),
+        help="AdamWR's first run length in epochs",
     )
     rep.add_argument(
         "--restarts-T-mult",
         dest="restarts_T_mult",
         type=_float("--restarts-T-mult", minimum=1.0),
+        help="growth factor of AdamWR's run lengths",
     )
-    rep.add_argument("--restarts-epochs", type=_positive_int("--restarts-epochs"))
     rep.add_argument(
-        "--restarts-train-size", type=_positive_int("--restarts-train-size")
+        "--restarts-epochs",
+        type=_positive_int("--restarts-epochs"),
+        help="length of both restarts runs (T_0=1, T_mult=2: 15 ends runs at 1,3,7,15)",
+    )
+    rep.add_argument(
+        "--restarts-train-size",
+        type=_positive_int("--restarts-train-size"),
+        help="training images of the restarts study",
     )
 
     swp = commands.add_parser("sweep", help="run your own grid and write its report")
@@ -316,6 +355,7 @@ def _settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     settings = profile_settings(args.profile)
     plain = (
         "studies model val_size batch_size seed seeds_count seeds_regimes "
+        "grid_optimizers grid_test_eval "
         "budget_lr budget_epochs budget_decays budget_train_size restarts_lr "
         "restarts_decay restarts_T_0 restarts_T_mult restarts_epochs "
         "restarts_train_size"
@@ -573,4 +613,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("weightdecay.decay").setLevel(logging.WARNING)
     if args.command == "report":
         return _report(args)
-    return _run(args, argv)
+    try:
+        return _run(args, argv)
+    except KeyboardInterrupt:
+        print(
+            "weightdecay: interrupted; finished runs are stored, rerun the same "
+            "command to resume",
+            file=sys.stderr,
+        )
+        return 130

@@ -147,6 +147,16 @@ def test_divergence_is_recorded_with_its_step_and_the_run_stops(tiny_split):
     assert all(math.isnan(v) for v in record["final"].values())
 
 
+def test_final_only_test_evaluation_leaves_earlier_epochs_nan(tiny_split):
+    every = train(tiny_config(epochs=3), tiny_split)
+    final = train(tiny_config(epochs=3, test_eval="final"), tiny_split)
+    assert "test_eval" not in every["config"]
+    assert final["config"]["test_eval"] == "final"
+    assert all(math.isnan(v) for v in final["curves"]["test_error"][:2])
+    assert final["final"]["test_error"] == every["final"]["test_error"]
+    assert final["curves"]["val_error"] == every["curves"]["val_error"]
+
+
 def test_split_sizes_must_match_the_configuration(tiny_split):
     with pytest.raises(ValueError, match="config asks 300 / 100"):
         train(tiny_config(train_size=300), tiny_split)

@@ -63,6 +63,7 @@ _DEFAULT = {
         "Adam": [-12, -5],
         "AdamW": [-12, -4],
     },
+    "grid_test_eval": "final",
     "seed": 0,
     "seeds_count": 3,
     "seeds_regimes": ["short", "long"],
@@ -134,13 +135,26 @@ def _common(settings: Mapping[str, Any], data: str) -> dict[str, Any]:
 
 
 def grid_configs(settings: Mapping[str, Any], data: str) -> list[dict[str, Any]]:
-    """The grid study: every optimizer x regime x lr x weight decay (0 included)."""
+    """The grid study: every optimizer x regime x lr x weight decay (0 included).
+
+    Longer regimes come first and the optimizers alternate cell by cell, so a
+    sweep stopped part-way holds comparable partial grids of all optimizers.
+    With ``grid_test_eval="final"`` the test set is evaluated only after the
+    last epoch (the grid is scored on the validation set).
+    """
+    regimes = sorted(settings["regimes"].items(), key=lambda item: -item[1][0])
     configs = []
-    for regime, (epochs, train_size) in settings["regimes"].items():
+    for regime, (epochs, train_size) in regimes:
+        cells = {}
         for optimizer in settings["grid_optimizers"]:
             lrs = powers_of_two(*settings["grid_lrs"][optimizer])
             decays = [0.0] + powers_of_two(*settings["grid_decays"][optimizer])
-            for lr, decay in itertools.product(lrs, decays):
+            cells[optimizer] = list(itertools.product(lrs, decays))
+        for i in range(max(len(c) for c in cells.values())):
+            for optimizer, optimizer_cells in cells.items():
+                if i >= len(optimizer_cells):
+                    continue
+                lr, decay = optimizer_cells[i]
                 configs.append(
                     make_config(
                         study="grid",
@@ -151,6 +165,7 @@ def grid_configs(settings: Mapping[str, Any], data: str) -> list[dict[str, Any]]
                         epochs=epochs,
                         train_size=train_size,
                         seed=settings["seed"],
+                        test_eval=settings.get("grid_test_eval", "every"),
                         **_common(settings, data),
                     )
                 )
@@ -243,6 +258,7 @@ def seeds_configs(
             continue
         for i in range(1, settings["seeds_count"] + 1):
             config = dict(record["config"])
+            config.pop("test_eval", None)  # fresh seeds get full test curves
             config["study"] = "seeds"
             config["seed"] = settings["seed"] + i
             configs.append(make_config(**config))
