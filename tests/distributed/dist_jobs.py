@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 import weightdecay
-from weightdecay import _update
+from weightdecay import _kernels, _update
 
 with warnings.catch_warnings():
     # torch.distributed.optim compiles its functional optimizers with
@@ -98,17 +98,20 @@ SPECS: dict[str, tuple[str, dict[str, Any], str]] = {
 
 @contextlib.contextmanager
 def recording_paths() -> Iterator[set[str]]:
-    """Collect the names of the update functions in ``_update`` called inside.
+    """Collect the names of the step implementations called inside.
 
-    Tells which implementation (per-tensor loop, multi-tensor, fused) each
-    optimizer chose, without depending on how it chooses.
+    Those are the functions named ``adam_*`` and ``sgd_*`` in ``_update``
+    (per-tensor loop, multi-tensor, PyTorch's fused kernels) and in
+    ``_kernels`` (the numba kernels): it tells which path each optimizer
+    chose without depending on how it chooses.
     """
     called: set[str] = set()
-    originals = {
-        name: function
-        for name, function in vars(_update).items()
+    originals = [
+        (module, name, function)
+        for module in (_update, _kernels)
+        for name, function in vars(module).items()
         if callable(function) and name.startswith(("adam_", "sgd_"))
-    }
+    ]
 
     def recorder(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
         def record(*args: Any, **kwargs: Any) -> Any:
@@ -117,13 +120,13 @@ def recording_paths() -> Iterator[set[str]]:
 
         return record
 
-    for name, function in originals.items():
-        setattr(_update, name, recorder(name, function))
+    for module, name, function in originals:
+        setattr(module, name, recorder(name, function))
     try:
         yield called
     finally:
-        for name, function in originals.items():
-            setattr(_update, name, function)
+        for module, name, function in originals:
+            setattr(module, name, function)
 
 
 def make_model(seed: int = 0) -> nn.Module:
@@ -151,11 +154,12 @@ def global_batches(steps: int = STEPS, seed: int = 1) -> list[tuple[Tensor, Tens
 
 
 def make_optimizer(
-    name: str, model: nn.Module, *, zero: bool = False
+    name: str, model: nn.Module, *, zero: bool | dict[str, Any] = False
 ) -> tuple[torch.optim.Optimizer, LRScheduler]:
     """The optimizer and per-batch scheduler of ``SPECS[name]`` for ``model``.
 
-    With ``zero`` the optimizer class is wrapped in ZeroRedundancyOptimizer.
+    With ``zero`` the optimizer class is wrapped in ZeroRedundancyOptimizer
+    (given a dict, with those options).
     The normalized specs decay matrices only, with ``weight_decay_norm`` set
     by WarmRestarts from the global batch size.
     """
@@ -168,8 +172,9 @@ def make_optimizer(
     else:
         params = list(model.parameters())
     if zero:
+        options = zero if isinstance(zero, dict) else {}
         optimizer: torch.optim.Optimizer = ZeroRedundancyOptimizer(
-            params, optimizer_class=optimizer_class, **kwargs
+            params, optimizer_class=optimizer_class, **options, **kwargs
         )
     else:
         optimizer = optimizer_class(params, **kwargs)
@@ -340,10 +345,10 @@ ZERO_SPECS = ("adamw", "adamw_loop", "adam_l2", "sgdw", "adamwr_normalized")
 
 
 def _zero_build(
-    name: str, seed: int
+    name: str, seed: int, **zero_options: Any
 ) -> tuple[nn.Module, ZeroRedundancyOptimizer, LRScheduler]:
     model = make_model(seed)
-    optimizer, scheduler = make_optimizer(name, model, zero=True)
+    optimizer, scheduler = make_optimizer(name, model, zero=zero_options or True)
     assert isinstance(optimizer, ZeroRedundancyOptimizer)
     return DDP(model), optimizer, scheduler
 
@@ -390,12 +395,19 @@ def zero_job(rank: int, world_size: int, workdir: Path) -> dict[str, Any]:
         train(model, optimizer, scheduler, batches, rank, world_size)
         params[name] = full_params(model)
         local_states[name] = len(optimizer.optim.state)
+    # ZeRO can keep each rank's parameters as views into one flat bucket.
+    model, optimizer, scheduler = _zero_build(
+        "adamw", 0, parameters_as_bucket_view=True
+    )
+    train(model, optimizer, scheduler, batches, rank, world_size)
+    bucket_view = full_params(model)
     resume = {
         name: _resume_zero(name, workdir / f"zero-{name}.pt", rank, world_size)
         for name in ("adamw", "adamwr_normalized")
     }
     return {
         "params": params,
+        "bucket_view": bucket_view,
         "local_states": local_states,
         "total_params": len(list(make_model().parameters())),
         "resume": resume,

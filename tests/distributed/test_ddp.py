@@ -10,6 +10,8 @@ import torch
 from dist_harness import assert_relative_close, run_job
 from dist_jobs import RESUME_AT, SPECS, ddp_job, make_model, reference_params
 
+from weightdecay import _kernels
+
 Ranks = list[dict[str, Any]]
 
 
@@ -33,10 +35,20 @@ def test_equals_single_process_on_the_global_batches(ranks: Ranks, name: str) ->
     assert_relative_close(ranks[0]["params"][name], expected, rtol=1e-6)
 
 
-def test_default_adamw_takes_the_fused_path(ranks: Ranks) -> None:
-    # Plain CPU tensors under DDP: nothing stops the fused kernels.
-    assert any("fused" in path for path in ranks[0]["paths"]["adamw"])
-    assert not any("fused" in path for path in ranks[0]["paths"]["adamw_loop"])
+@pytest.mark.parametrize("name", ["adamw", "adamw_amsgrad", "adam_l2", "sgdw"])
+def test_default_path_is_a_fast_one(ranks: Ranks, name: str) -> None:
+    # Plain CPU tensors under DDP: the numba kernels where numba is
+    # installed, else PyTorch's fused Adam (SGD: the multi-tensor path).
+    fast = "kernel" if _kernels.available() else "fused"
+    if name == "sgdw" and fast == "fused":
+        fast = "foreach"
+    for rank in ranks:
+        assert any(fast in path for path in rank["paths"][name]), rank["paths"]
+
+
+def test_loop_path_is_used_when_asked_for(ranks: Ranks) -> None:
+    for rank in ranks:
+        assert rank["paths"]["adamw_loop"] == ["adam_for_loop"]
 
 
 @pytest.mark.parametrize("name", ["adamw", "sgdw", "adamwr_normalized"])

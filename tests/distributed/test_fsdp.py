@@ -34,13 +34,14 @@ def test_equals_single_process_on_the_global_batches(ranks: Ranks, name: str) ->
     assert_relative_close(ranks[0]["params"][name], reference_params(name), rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["adamw", "adamw_amsgrad", "adam_l2"])
-def test_default_adam_falls_back_from_fused_on_dtensors(
+@pytest.mark.parametrize("name", ["adamw", "adamw_amsgrad", "adam_l2", "sgdw"])
+def test_default_path_falls_back_to_multi_tensor_on_dtensors(
     ranks: Ranks, name: str
 ) -> None:
+    # Neither PyTorch's fused kernels nor the numba kernels take DTensors.
     for rank in ranks:
         paths = rank["paths"][name]
-        assert paths and not any("fused" in path for path in paths), paths
+        assert paths and all(path.endswith("_foreach") for path in paths), paths
 
 
 def test_forcing_fused_on_dtensors_is_a_clear_error(ranks: Ranks) -> None:

@@ -29,6 +29,11 @@ def test_equals_single_process_on_the_global_batches(ranks: Ranks, name: str) ->
     assert_relative_close(ranks[0]["params"][name], reference_params(name), rtol=1e-6)
 
 
+def test_parameters_as_bucket_views_give_the_same_steps(ranks: Ranks) -> None:
+    for rank in ranks:
+        assert_relative_close(rank["bucket_view"], reference_params("adamw"), rtol=1e-6)
+
+
 @pytest.mark.parametrize("name", ZERO_SPECS)
 def test_each_rank_keeps_state_for_its_shard_only(ranks: Ranks, name: str) -> None:
     held = [rank["local_states"][name] for rank in ranks]
