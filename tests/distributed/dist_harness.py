@@ -14,9 +14,9 @@ so no race for a free one). Gloo's own sockets are bound to ``lo``.
 
 from __future__ import annotations
 
-import importlib
 import io
 import ipaddress
+import multiprocessing
 import os
 import warnings
 from collections.abc import Callable
@@ -41,9 +41,13 @@ __all__ = [
 
 Job = Callable[[int, int, Path], dict[str, Any]]
 
-# Forked ranks inherit the imported torch instead of importing it again,
-# which is most of the start-up time of a spawned one.
-_START_METHOD = "fork"
+# Ranks fork from a server process that imported torch, TorchDynamo (which
+# DDP and the optimizers import on first use), numba (for the CPU kernels,
+# if installed) and the jobs once: importing them is most of the start-up
+# time of a spawned rank, and unlike a fork of the test process itself the
+# server holds no threads or open connections.
+_START_METHOD = "forkserver"
+_PRELOAD = ["torch", "torch._dynamo", "weightdecay._numba_kernels", "dist_jobs"]
 _COLLECTIVE_TIMEOUT = timedelta(seconds=60)
 
 
@@ -91,9 +95,8 @@ def run_job(job: Job, workdir: Path, world_size: int = 2) -> list[dict[str, Any]
     ``job`` must be a module-level function (the processes import it).
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    # DDP and the optimizers import TorchDynamo on first use (seconds); do it
-    # once here so that the forked ranks inherit it.
-    importlib.import_module("torch._dynamo")
+    # Effective only if no fork server is running yet (one per process).
+    multiprocessing.set_forkserver_preload(_PRELOAD)
     mp.start_processes(
         _entry,
         args=(world_size, job, str(workdir)),
