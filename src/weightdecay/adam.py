@@ -112,6 +112,8 @@ class _AdamCore(ScheduledOptimizer):
         pass over all tensors) where numba is installed.
         """
         fused, foreach = group["fused"], group["foreach"]
+        if fused is None and foreach is None and _kernels.applies(params):
+            return _kernels.adam_kernel
         fusable = all(
             p.dtype in _FUSED_DTYPES
             and p.device.type in _FUSED_DEVICES
@@ -123,8 +125,6 @@ class _AdamCore(ScheduledOptimizer):
                 f"{type(self).__name__}(fused=True) needs floating-point parameters "
                 f"on one of {_FUSED_DEVICES} that are not DTensors; use foreach=True"
             )
-        if fused is None and foreach is None and _kernels.applies(params):
-            return _kernels.adam_kernel
         if lr == 0.0 and decay != 0.0:
             return _update.adam_foreach
         if fused or (fused is None and foreach is None and fusable):
