@@ -398,7 +398,8 @@ def test_half_precision_default_is_torch_fused(dtype):
 
 def test_without_numba_the_default_is_torch(monkeypatch):
     """Where numba is missing the default falls back to PyTorch's kernels."""
-    monkeypatch.setattr(_kernels, "_load", lambda: None)
+    monkeypatch.setattr(_kernels, "_compiled", None)
+    monkeypatch.setattr(_kernels, "_import_failed", True)
     assert not _kernels.available()
     for cls, reference in ((AdamW, {"fused": True}), (SGDW, {"foreach": True})):
         results = []

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -52,7 +54,7 @@ _PARALLEL_MIN = 1 << 18
 # chunk's seven streams within a core's L2 while amortizing scheduling.
 _CHUNK = 1 << 16
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _compiled: dict[str, Any] | None = None
 _import_failed = False
 
@@ -69,40 +71,56 @@ def applies(params: Sequence[Tensor]) -> bool:
     of dtype ``float32`` or ``float64``; per-tensor conditions on gradients
     and state are checked again at each step (see :func:`adam_kernel`).
     """
-    if not params or not available():
+    if not params or (_compiled is None and not available()):
         return False
-    return all(
-        type(param) in _PLAIN and param.device.type == "cpu" and param.dtype in _DTYPES
-        for param in params
-    )
+    for param in params:
+        if not (type(param) in _PLAIN and param.is_cpu and param.dtype in _DTYPES):
+            return False
+    return True
 
 
 def _inspect(
-    *tensor_lists: Sequence[Tensor],
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    *states: Sequence[Tensor],
 ) -> tuple[list[bool], list[list[int]], list[int]]:
     """Per row: whether the kernel may take it, the data addresses, the size.
 
     A row qualifies when all its tensors are plain (no subclass), contiguous
     CPU tensors of the first parameter's dtype and of one size. Raw addresses
     are handed to the kernels, so these conditions guard memory safety, not
-    only speed; a row that fails runs on PyTorch's kernels instead.
+    only speed; a row that fails runs on PyTorch's kernels instead. PyTorch
+    guarantees that a gradient has its parameter's dtype, device and shape,
+    so only its layout is checked.
     """
-    dtype = tensor_lists[0][0].dtype
-    numels = [tensor.numel() for tensor in tensor_lists[0]]
-    rows = [dtype in _DTYPES] * len(numels)
-    addresses = []
-    for tensors in tensor_lists:
-        row_addresses = []
+    dtype = params[0].dtype
+    ok = dtype in _DTYPES
+    numels, rows, param_addresses, grad_addresses = [], [], [], []
+    for param, grad in zip(params, grads, strict=True):
+        numels.append(param.numel())
+        rows.append(
+            ok
+            and type(param) in _PLAIN
+            and param.dtype is dtype
+            and param.is_contiguous()
+            and type(grad) in _PLAIN
+            and grad.is_contiguous()
+        )
+        param_addresses.append(param.data_ptr())
+        grad_addresses.append(grad.data_ptr())
+    addresses = [param_addresses, grad_addresses]
+    for tensors in states:
+        state_addresses = []
         for i, tensor in enumerate(tensors):
             rows[i] = rows[i] and (
                 type(tensor) in _PLAIN
                 and tensor.is_cpu
-                and tensor.dtype == dtype
+                and tensor.dtype is dtype
                 and tensor.numel() == numels[i]
                 and tensor.is_contiguous()
             )
-            row_addresses.append(tensor.data_ptr())
-        addresses.append(row_addresses)
+            state_addresses.append(tensor.data_ptr())
+        addresses.append(state_addresses)
     return rows, addresses, numels
 
 
@@ -120,11 +138,8 @@ def _load() -> dict[str, Any] | None:
                 logger.info("numba kernels unavailable (%s); using torch", error)
                 return None
             _compiled = {
-                "adam": _numba_kernels.adam_parallel,
-                "adam_serial": _numba_kernels.adam_serial,
-                "sgd": _numba_kernels.sgd_parallel,
-                "sgd_serial": _numba_kernels.sgd_serial,
-                "set_threads": _numba_kernels.set_threads,
+                "adam": _numba_kernels.adam_chunks,
+                "sgd": _numba_kernels.sgd_chunks,
             }
     return _compiled
 
@@ -148,13 +163,54 @@ def _chunks(numels: tuple[int, ...]) -> np.ndarray:
     return table
 
 
-def _choose(kernels: dict[str, Any], name: str, numels: tuple[int, ...]) -> Any:
-    """The serial kernel for small steps, else the parallel one on torch's threads."""
-    threads = torch.get_num_threads()
-    if threads == 1 or sum(numels) < _PARALLEL_MIN:
-        return kernels[f"{name}_serial"]
-    kernels["set_threads"](threads)
-    return kernels[name]
+_pool: ThreadPoolExecutor | None = None
+
+
+def _forget_pool() -> None:
+    """After ``fork`` the pool's threads are gone; start a new one on demand."""
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _helpers(count: int) -> ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None or _pool._max_workers != count:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(count, thread_name_prefix="weightdecay")
+        return _pool
+
+
+def _shares(chunks: np.ndarray, threads: int) -> list[np.ndarray]:
+    """Split the chunk table into ``threads`` runs of about equal elements."""
+    done = np.cumsum(chunks[:, 2] - chunks[:, 1])
+    cuts = np.searchsorted(done, done[-1] * np.arange(1, threads) / threads)
+    return [share for share in np.split(chunks, cuts) if len(share)]
+
+
+def _launch(kernel: Any, numels: tuple[int, ...], *args: np.ndarray) -> None:
+    """Run ``kernel`` over all chunks on torch's number of threads.
+
+    Small steps run in the calling thread; larger ones split the chunks
+    between it and ``torch.get_num_threads() - 1`` helper threads (the
+    kernels release the GIL).
+    """
+    chunks = _chunks(numels)
+    threads = min(torch.get_num_threads(), len(chunks))
+    if threads <= 1 or sum(numels) < _PARALLEL_MIN:
+        kernel(chunks, *args)
+        return
+    first, *others = _shares(chunks, threads)
+    pool = _helpers(threads - 1)
+    futures = [pool.submit(kernel, share, *args) for share in others]
+    kernel(first, *args)
+    for future in futures:
+        future.result()
 
 
 def _kernels_or_raise() -> dict[str, Any]:
@@ -226,20 +282,21 @@ def adam_kernel(
     dtype = _NUMPY_DTYPES[params[0].dtype]
 
     # Scalars cast to the tensors' dtype as PyTorch casts them; per tensor
-    # -lr / (1 - beta1^t) and sqrt(1 - beta2^t).
+    # -lr / (1 - beta1^t) and 1 / sqrt(1 - beta2^t).
     step_sizes = np.array([-lr / (1.0 - beta1**t) for t in steps], dtype=dtype)
-    bias2_roots = np.array([math.sqrt(1.0 - beta2**t) for t in steps], dtype=dtype)
+    bias2_inverse = np.array(
+        [1.0 / math.sqrt(1.0 - beta2**t) for t in steps], dtype=dtype
+    )
     coefficients = np.array(
         [1.0 - beta1, beta2, 1.0 - beta2, eps, l2, 1.0 - decay], dtype=dtype
     )
     flags = np.array([amsgrad, maximize, l2 != 0.0, decay != 0.0], dtype=np.int64)
-    numels = tuple(numels)
-    kernel = _choose(kernels, "adam", numels)
-    kernel(
-        _chunks(numels),
+    _launch(
+        kernels["adam"],
+        tuple(numels),
         _table(addresses, 5),
         step_sizes,
-        bias2_roots,
+        bias2_inverse,
         coefficients,
         flags,
     )
@@ -288,6 +345,4 @@ def sgd_kernel(
     flags = np.array(
         [has_momentum, nesterov, maximize, l2 != 0.0, decay != 0.0], dtype=np.int64
     )
-    numels = tuple(numels)
-    kernel = _choose(kernels, "sgd", numels)
-    kernel(_chunks(numels), _table(addresses, 3), coefficients, flags)
+    _launch(kernels["sgd"], tuple(numels), _table(addresses, 3), coefficients, flags)

@@ -1,10 +1,14 @@
 """The numba bodies of the multi-tensor kernels; imported only by ``_kernels``.
 
-Importing this module raises ``ImportError`` where numba is missing. Each
-kernel receives a table of chunks (tensor index, first element, end), a table
-of data addresses (one row per role: parameter, gradient, state...) and its
-scalars as a one-dimensional array in the tensors' dtype, so that every
-operation rounds as PyTorch rounds it for that dtype. Flags are loop
+Importing this module raises ``ImportError`` where numba is missing. The
+kernels are serial and release the GIL: ``_kernels`` runs one share of the
+chunks per thread of its own pool, so no second OpenMP runtime competes with
+PyTorch's for the cores.
+
+Each kernel receives a table of chunks (tensor index, first element, end), a
+table of data addresses (one row per role: parameter, gradient, state...)
+and its scalars as a one-dimensional array in the tensors' dtype, so that
+every operation rounds in that dtype as PyTorch's do. Flags are loop
 invariant; the compiler hoists them out of the element loop.
 """
 
@@ -12,16 +16,10 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import prange, types
+from numba import types
 from numba.extending import intrinsic
 
-__all__ = [
-    "adam_parallel",
-    "adam_serial",
-    "set_threads",
-    "sgd_parallel",
-    "sgd_serial",
-]
+__all__ = ["adam_chunks", "sgd_chunks"]
 
 
 @intrinsic
@@ -36,7 +34,7 @@ def _pointer(typingctx, address, like):  # noqa: ARG001 - numba's signature
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _adam_chunk(c, chunks, addresses, step_sizes, bias2_roots, coefficients, flags):
+def _adam_chunk(c, chunks, addresses, step_sizes, bias2_inverse, coefficients, flags):
     """Algorithm 2 on chunk ``c``; ``addresses`` rows: p, g, m, v, max v."""
     one_minus_beta1, beta2 = coefficients[0], coefficients[1]
     one_minus_beta2 = coefficients[2]
@@ -48,7 +46,7 @@ def _adam_chunk(c, chunks, addresses, step_sizes, bias2_roots, coefficients, fla
     exp_avg = _pointer(addresses[2, index], coefficients)
     exp_avg_sq = _pointer(addresses[3, index], coefficients)
     max_sq = _pointer(addresses[4, index], coefficients)
-    step_size, bias2_root = step_sizes[index], bias2_roots[index]
+    step_size, bias2_inv = step_sizes[index], bias2_inverse[index]
     for j in range(start, end):
         g = -grad[j] if maximize else grad[j]
         theta = param[j]
@@ -69,11 +67,13 @@ def _adam_chunk(c, chunks, addresses, step_sizes, bias2_roots, coefficients, fla
         if has_decay:
             theta = theta * keep
 
-        # theta += (-lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps).
+        # theta += (-lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps), the division
+        # by sqrt(bc2) as a multiplication by its inverse (one rounding more
+        # than PyTorch's loop, one division less per element).
         if amsgrad:
             v = max(max_sq[j], v)
             max_sq[j] = v
-        denom = np.sqrt(v) / bias2_root + eps
+        denom = np.sqrt(v) * bias2_inv + eps
         param[j] = theta + step_size * m / denom
 
 
@@ -111,36 +111,17 @@ def _sgd_chunk(c, chunks, addresses, coefficients, flags):
         param[j] = theta - update
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def adam_parallel(chunks, addresses, step_sizes, bias2_roots, coefficients, flags):
-    """Algorithm 2 on all chunks, spread over numba's threads."""
-    for c in prange(chunks.shape[0]):
-        _adam_chunk(c, chunks, addresses, step_sizes, bias2_roots, coefficients, flags)
+@numba.njit(cache=True, nogil=True)
+def adam_chunks(chunks, addresses, step_sizes, bias2_inverse, coefficients, flags):
+    """Algorithm 2 on the chunks of one thread's share, without the GIL."""
+    for c in range(chunks.shape[0]):
+        _adam_chunk(
+            c, chunks, addresses, step_sizes, bias2_inverse, coefficients, flags
+        )
 
 
 @numba.njit(cache=True, nogil=True)
-def adam_serial(chunks, addresses, step_sizes, bias2_roots, coefficients, flags):
-    """Algorithm 2 on all chunks in the calling thread."""
-    for c in range(chunks.shape[0]):
-        _adam_chunk(c, chunks, addresses, step_sizes, bias2_roots, coefficients, flags)
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def sgd_parallel(chunks, addresses, coefficients, flags):
-    """Algorithm 1 on all chunks, spread over numba's threads."""
-    for c in prange(chunks.shape[0]):
-        _sgd_chunk(c, chunks, addresses, coefficients, flags)
-
-
-@numba.njit(cache=True, nogil=True)
-def sgd_serial(chunks, addresses, coefficients, flags):
-    """Algorithm 1 on all chunks in the calling thread."""
+def sgd_chunks(chunks, addresses, coefficients, flags):
+    """Algorithm 1 on the chunks of one thread's share, without the GIL."""
     for c in range(chunks.shape[0]):
         _sgd_chunk(c, chunks, addresses, coefficients, flags)
-
-
-def set_threads(count: int) -> None:
-    """Use ``count`` threads (capped at numba's pool) in the next kernels."""
-    count = max(1, min(count, numba.config.NUMBA_NUM_THREADS))
-    if numba.get_num_threads() != count:
-        numba.set_num_threads(count)
