@@ -60,20 +60,31 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None, help="folder of the IDX files")
     parser.add_argument("--checkpoint", type=Path, default=None, help="resume file")
+    parser.add_argument(
+        "--init-method",
+        default="env://",
+        help="where the ranks meet: env:// (torchrun's store, the default) or "
+        "file:///PATH (a file on storage all ranks share; no network port)",
+    )
     args = parser.parse_args()
     if args.epochs < 1:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
     return args
 
 
-def init_distributed() -> tuple[int, int]:
-    """Join the process group torchrun describes in the environment."""
-    if "RANK" not in os.environ:
+def init_distributed(init_method: str) -> tuple[int, int]:
+    """Join the process group of the ranks torchrun describes in the environment."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         raise SystemExit("run me with torchrun, e.g. torchrun --nproc_per_node=2 ...")
-    if os.environ.get("LOCAL_WORLD_SIZE") == os.environ.get("WORLD_SIZE"):
+    if os.environ.get("LOCAL_WORLD_SIZE") == os.environ["WORLD_SIZE"]:
         # All ranks on this machine: keep gloo's sockets on loopback.
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group("gloo")
+    dist.init_process_group(
+        "gloo",
+        init_method=init_method,
+        rank=int(os.environ["RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+    )
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     return dist.get_rank(), dist.get_world_size()
 
@@ -99,7 +110,7 @@ def save_atomically(state: dict, path: Path) -> None:
 
 def main() -> None:
     args = parse_args()
-    rank, world_size = init_distributed()
+    rank, world_size = init_distributed(args.init_method)
     if args.batch_size % world_size:
         raise SystemExit(
             f"--batch-size {args.batch_size} must be a multiple of the "

@@ -14,10 +14,13 @@ so no race for a free one). Gloo's own sockets are bound to ``lo``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import ipaddress
 import multiprocessing
 import os
+import runpy
+import sys
 import warnings
 from collections.abc import Callable
 from datetime import timedelta
@@ -37,6 +40,7 @@ __all__ = [
     "assert_relative_close",
     "listening_addresses",
     "run_job",
+    "run_script",
 ]
 
 Job = Callable[[int, int, Path], dict[str, Any]]
@@ -108,6 +112,41 @@ def run_job(job: Job, workdir: Path, world_size: int = 2) -> list[dict[str, Any]
         torch.load(workdir / f"rank{rank}.pt", weights_only=True)
         for rank in range(world_size)
     ]
+
+
+def _script_entry(
+    rank: int, world_size: int, script: str, argv: list[str], workdir: str
+) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
+        OMP_NUM_THREADS="1",
+    )
+    sys.argv = [script, *argv]
+    with open(Path(workdir) / f"stdout{rank}.txt", "w") as out:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(script, run_name="__main__")
+
+
+def run_script(
+    script: Path, argv: list[str], workdir: Path, world_size: int = 2
+) -> list[str]:
+    """Run ``script`` as ``__main__`` on ``world_size`` ranks; return their stdout.
+
+    Each rank gets torchrun's variables (``RANK``, ``WORLD_SIZE``,
+    ``LOCAL_WORLD_SIZE``) and forks from the same server as ``run_job``.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    multiprocessing.set_forkserver_preload(_PRELOAD)
+    mp.start_processes(
+        _script_entry,
+        args=(world_size, str(script), argv, str(workdir)),
+        nprocs=world_size,
+        join=True,
+        start_method=_START_METHOD,
+    )
+    return [(workdir / f"stdout{rank}.txt").read_text() for rank in range(world_size)]
 
 
 def assert_relative_close(

@@ -419,11 +419,9 @@ def zero_job(rank: int, world_size: int, workdir: Path) -> dict[str, Any]:
 FSDP_SPECS = (
     "adamw",
     "adamw_loop",
-    "adamw_amsgrad",
     "adamw_constant_decay",
     "adam_l2",
     "sgdw",
-    "sgd_l2",
     "adamwr_normalized",
 )
 

@@ -34,7 +34,7 @@ def test_equals_single_process_on_the_global_batches(ranks: Ranks, name: str) ->
     assert_relative_close(ranks[0]["params"][name], reference_params(name), rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["adamw", "adamw_amsgrad", "adam_l2", "sgdw"])
+@pytest.mark.parametrize("name", ["adamw", "adam_l2", "sgdw"])
 def test_default_path_falls_back_to_multi_tensor_on_dtensors(
     ranks: Ranks, name: str
 ) -> None:
