@@ -9,10 +9,11 @@ One run measures, on this machine and with torch's default thread count:
   ``foreach``, ``fused`` on PyTorch's kernels, and the default, which on the
   CPU is the multi-tensor kernel) and of ``torch.optim.AdamW``/``Adam``/``SGD``
   with ``foreach=True`` and ``fused=True``;
-* the peak extra memory of one step: the live bytes of the tensors that the
-  step allocates (counted by a ``TorchDispatchMode`` that records every new
-  output storage of every aten op until it is freed) plus the peak of the
-  Python and numpy heap (``tracemalloc``).
+* the peak extra memory of one step (sizes up to ``--memory-max-size``): the
+  live bytes of the tensors that the step allocates (counted by a
+  ``TorchDispatchMode`` that records every new output storage of every aten
+  op until it is freed) plus the peak of the Python and numpy heap
+  (``tracemalloc``). It is measured on a separate, untimed step.
 
 The bound of a step is the bytes it must move divided by the triad's
 bandwidth: fp32 Adam(W) reads parameter, gradient and both moments and writes
@@ -171,11 +172,16 @@ def split(total: int, count: int) -> list[int]:
 
 
 def time_steps(step: Callable[[], object], seconds: float, repeats: int) -> float:
-    """Median seconds of ``step`` after one warm-up step (which creates state)."""
+    """Median seconds of ``step`` after one warm-up step (which creates state).
+
+    As many steps as fit in ``seconds`` (at most ``repeats``) are timed, at
+    least three, or two for steps slower than a second.
+    """
     start = time.perf_counter()
     step()
     first = time.perf_counter() - start
-    count = max(3, min(repeats, int(seconds / max(first, 1e-9))))
+    least = 3 if first < 1.0 else 2
+    count = max(least, min(repeats, int(seconds / max(first, 1e-9))))
     times = []
     for _ in range(count):
         start = time.perf_counter()
@@ -242,7 +248,8 @@ def measure(
     for variant in chosen:
         optimizer = variant.make(params)
         seconds = time_steps(optimizer.step, args.seconds, args.repeats)
-        memory = extra_memory(optimizer.step) if args.memory else -1
+        metered = args.memory and size <= args.memory_max_size
+        memory = extra_memory(optimizer.step) if metered else -1
         results[(variant.family, variant.name)] = (seconds, memory)
         del optimizer
         gc.collect()
@@ -287,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="skip the extra-memory measurement",
     )
+    parser.add_argument(
+        "--memory-max-size",
+        type=float,
+        default=1e7,
+        help="measure extra memory only up to this size (default %(default).0e)",
+    )
     parser.add_argument("--markdown", help="also write the table to this file")
     args = parser.parse_args(argv)
     families = args.families.split(",")
@@ -294,45 +307,58 @@ def main(argv: list[str] | None = None) -> int:
     if "sgdw" in families and "sgd" not in families:
         chosen += [v for v in variants() if v.family == "sgd" and not v.ours]
 
-    load = os.getloadavg()
-    bandwidth = triad_bandwidth(1 << 26)
-    header = (
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"numba kernels {'on' if _kernels.available() else 'off'}, "
-        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, "
-        f"triad bandwidth {bandwidth / 1e9:.2f} GB/s"
-    )
-    print(header, flush=True)
-    columns = (
-        "| size | tensors | optimizer | implementation | ms/step | / torch fused "
-        "| / bound | extra MB |"
-    )
-    lines = [columns, "|---:|---:|---|---|---:|---:|---:|---:|"]
-    print("\n".join(lines), flush=True)
+    load_start = os.getloadavg()
+    triads = [triad_bandwidth(1 << 26)]
+    print(f"triad {triads[0] / 1e9:.2f} GB/s; timing...", file=sys.stderr)
     started = time.perf_counter()
+    measured = []
     for size in parse_sizes(args.sizes):
         for count in parse_sizes(args.tensors):
             if count > size:
                 continue
             results = measure(size, count, chosen, args)
-            for (family, name), (seconds, memory) in results.items():
-                baseline_family = "sgd" if family == "sgdw" else family
-                fused = results.get((baseline_family, "torch fused"))
-                bound = BYTES_PER_PARAM[family] * size / bandwidth
-                ratio = f"{seconds / fused[0]:.2f}" if fused else "-"
-                mb = f"{memory / 2**20:.1f}" if memory >= 0 else "-"
-                line = (
-                    f"| {size:.0e} | {count} | {family} | {name} "
-                    f"| {seconds * 1e3:.3f} | {ratio} | {seconds / bound:.2f} "
-                    f"| {mb} |"
-                )
-                lines.append(line)
-                print(line, flush=True)
-    footer = f"total {time.perf_counter() - started:.0f} s; " + header
-    print(footer)
+            measured.append((size, count, results))
+            triads.append(triad_bandwidth(1 << 26))
+            fastest = min(seconds for seconds, _ in results.values())
+            print(
+                f"  {size:.0e} params in {count} tensors: fastest step "
+                f"{fastest * 1e3:.3f} ms, triad {triads[-1] / 1e9:.2f} GB/s",
+                file=sys.stderr,
+                flush=True,
+            )
+    elapsed = time.perf_counter() - started
+    load_end = os.getloadavg()
+
+    # The bound uses the best triad of the run: the machine's bandwidth when
+    # least disturbed, so that the ratios are not flattered by a slow moment.
+    bandwidth = max(triads)
+    lines = [
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, numba "
+        f"kernels {'on' if _kernels.available() else 'off'}; triad bandwidth "
+        f"{bandwidth / 1e9:.2f} GB/s (best of {len(triads)}, median "
+        f"{statistics.median(triads) / 1e9:.2f}); load average "
+        f"{load_start[0]:.2f} at start, {load_end[0]:.2f} at end; {elapsed:.0f} s",
+        "",
+        "| size | tensors | optimizer | implementation | ms/step | / torch fused "
+        "| / bound | extra MB |",
+        "|---:|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for size, count, results in measured:
+        for (family, name), (seconds, memory) in results.items():
+            baseline_family = "sgd" if family == "sgdw" else family
+            fused = results.get((baseline_family, "torch fused"))
+            bound = BYTES_PER_PARAM[family] * size / bandwidth
+            ratio = f"{seconds / fused[0]:.2f}" if fused else "-"
+            mb = f"{memory / 2**20:.1f}" if memory >= 0 else "-"
+            lines.append(
+                f"| {size:.0e} | {count} | {family} | {name} "
+                f"| {seconds * 1e3:.3f} | {ratio} | {seconds / bound:.2f} | {mb} |"
+            )
+    text = "\n".join(lines)
+    print(text)
     if args.markdown:
         with open(args.markdown, "w") as handle:
-            handle.write(header + "\n\n" + "\n".join(lines) + "\n\n" + footer + "\n")
+            handle.write(text + "\n")
     return 0
 
 

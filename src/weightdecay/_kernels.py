@@ -259,21 +259,22 @@ def adam_kernel(
     if amsgrad:
         lists.append(max_exp_avg_sqs)
     rows, addresses, numels = _inspect(*lists)
-    hyper = dict(
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        l2=l2,
-        decay=decay,
-        amsgrad=amsgrad,
-        maximize=maximize,
-    )
     if not all(rows):
         rest = [_select(rows, tensors, False) for tensors in lists]
         if not amsgrad:
             rest.append([])
-        _update.adam_foreach(*rest, _select(rows, steps, False), **hyper)
+        _update.adam_foreach(
+            *rest,
+            _select(rows, steps, False),
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            eps=eps,
+            l2=l2,
+            decay=decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+        )
         if not any(rows):
             return
         steps = _select(rows, steps, True)
@@ -282,11 +283,17 @@ def adam_kernel(
     dtype = _NUMPY_DTYPES[params[0].dtype]
 
     # Scalars cast to the tensors' dtype as PyTorch casts them; per tensor
-    # -lr / (1 - beta1^t) and 1 / sqrt(1 - beta2^t).
-    step_sizes = np.array([-lr / (1.0 - beta1**t) for t in steps], dtype=dtype)
-    bias2_inverse = np.array(
-        [1.0 / math.sqrt(1.0 - beta2**t) for t in steps], dtype=dtype
-    )
+    # -lr / (1 - beta1^t) and 1 / sqrt(1 - beta2^t), once per distinct t.
+    corrections = {
+        t: (-lr / (1.0 - beta1**t), 1.0 / math.sqrt(1.0 - beta2**t)) for t in set(steps)
+    }
+    if len(corrections) == 1:
+        step_size, bias2_inv = corrections[steps[0]]
+        step_sizes = np.full(len(steps), step_size, dtype=dtype)
+        bias2_inverse = np.full(len(steps), bias2_inv, dtype=dtype)
+    else:
+        pairs = np.array([corrections[t] for t in steps], dtype=dtype)
+        step_sizes, bias2_inverse = pairs[:, 0].copy(), pairs[:, 1].copy()
     coefficients = np.array(
         [1.0 - beta1, beta2, 1.0 - beta2, eps, l2, 1.0 - decay], dtype=dtype
     )
