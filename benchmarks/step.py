@@ -246,6 +246,8 @@ def measure(
         param.grad = torch.randn(param.shape, generator=generator) * 1e-2
     results = {}
     for variant in chosen:
+        if variant.name == "loop" and size > args.loop_max_size:
+            continue
         optimizer = variant.make(params)
         seconds = time_steps(optimizer.step, args.seconds, args.repeats)
         metered = args.memory and size <= args.memory_max_size
@@ -299,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=1e7,
         help="measure extra memory only up to this size (default %(default).0e)",
+    )
+    parser.add_argument(
+        "--loop-max-size",
+        type=float,
+        default=1e8,
+        help="time our per-tensor loops only up to this size (default %(default).0e)",
     )
     parser.add_argument("--markdown", help="also write the table to this file")
     args = parser.parse_args(argv)
