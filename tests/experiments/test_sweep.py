@@ -1,7 +1,8 @@
-"""Executors, the resumable sweep and its progress bar."""
+"""Executors, the resumable sweep, its progress bar, and the study plans."""
 
 import functools
 import io
+import math
 import textwrap
 
 import pytest
@@ -144,3 +145,60 @@ def test_executor_names_and_worker_counts_are_checked():
         make_executor("ray")
     with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
         LocalExecutor(0)
+
+
+def test_default_plan_sizes_ranges_and_order():
+    from weightdecay.experiments.studies import plan, profile_settings
+
+    settings = profile_settings("default")
+    configs = plan(settings, "embedded")
+    grid = [c for c in configs if c["study"] == "grid"]
+    for regime in ("short", "long"):
+        for optimizer in ("SGD", "SGDW", "Adam", "AdamW"):
+            cells = [
+                (c["lr"], c["weight_decay"])
+                for c in grid
+                if c["regime"] == regime and c["optimizer"] == optimizer
+            ]
+            lrs = {lr for lr, _ in cells}
+            decays = {d for _, d in cells}
+            assert len(cells) == len(lrs) * len(decays) >= 6 * 9
+            assert 0.0 in decays
+            assert all(math.log2(x).is_integer() for x in lrs | (decays - {0.0}))
+    # Small studies first, then the longest regime, optimizers alternating.
+    assert [c["study"] for c in configs[:2]] == ["restarts", "restarts"]
+    assert grid[0]["regime"] == "long"
+    assert [c["optimizer"] for c in grid[:4]] == ["SGD", "SGDW", "Adam", "AdamW"]
+    budget = [c for c in configs if c["study"] == "budget"]
+    steps = {round(2 * math.log2(c["weight_decay"]), 9) for c in budget}
+    assert all(s.is_integer() for s in steps) and len(steps) == 13
+    assert sorted({c["epochs"] for c in budget}) == [4, 8, 16]
+
+
+def test_seeds_rerun_each_best_validation_cell_with_new_seeds():
+    from weightdecay.experiments.studies import grid_configs, plan, profile_settings
+    from weightdecay.experiments.train import config_key
+
+    settings = profile_settings("quick")
+    records = []
+    for i, config in enumerate(grid_configs(settings, "embedded")):
+        # A made-up landscape: each optimizer's best cell is its 7th.
+        error = 0.1 if i // 4 == 7 else 0.2 + 0.001 * i
+        records.append(
+            {
+                "key": config_key(config),
+                "config": config,
+                "status": "ok",
+                "final": {"val_error": error, "val_loss": 1.0},
+            }
+        )
+    seeds = plan(settings, "embedded", records, stage="seeds")
+    assert len(seeds) == 4 * settings["seeds_count"]
+    assert sorted({c["seed"] for c in seeds}) == [1, 2]
+    winners = {
+        (r["config"]["optimizer"], r["config"]["lr"], r["config"]["weight_decay"])
+        for i, r in enumerate(records)
+        if i // 4 == 7
+    }
+    assert {(c["optimizer"], c["lr"], c["weight_decay"]) for c in seeds} == winners
+    assert all(c["study"] == "seeds" and "test_eval" not in c for c in seeds)
