@@ -4,7 +4,8 @@ A configuration names everything that determines a run (optimizer, lr,
 weight_decay in the optimizer's own units, epochs, seed, model, data sizes,
 schedule); its key is the sha256 of its canonical JSON. The record holds the
 final numbers and per-epoch curves of training loss and of validation and
-test loss and error (errors are fractions).
+test loss and error (errors are fractions), the wall time and the CPU time
+(``cpu_s``, one thread: a measure of cost that other load barely changes).
 
 The schedule multiplier ``eta_t`` changes every batch: cosine annealing over
 the whole run (``"cosine"``) or cosine with warm restarts
