@@ -1,24 +1,24 @@
-"""Multi-tensor CPU kernels: one parallel pass over every tensor of a step.
+"""Multi-tensor CPU kernels: one pass over every tensor of a step.
 
 An optimizer step is memory-bound: AdamW reads the parameter, the gradient
 and both moments and writes three of them back. PyTorch's fused CPU kernels
-reach that bound on one large tensor, but pay a parallel launch and a
-dispatch per tensor, which dominates for small models and costs a third or
-more for models of many tensors. The kernels here take the addresses of all
-tensors at once and split the whole step into equal chunks of elements, so
-one parallel region covers the model whatever its number of tensors.
+reach that bound on one large tensor, but pay a dispatch and a parallel
+launch per tensor, which dominates for small models and grows with the
+number of tensors. The kernels here take the addresses of all tensors at
+once and cut the whole step into chunks of elements, so one call covers the
+model whatever its number of tensors; large steps split the chunks between
+the calling thread and a small pool of helper threads.
 
-They are compiled with numba (an optional dependency: ``pip install
-weightdecay[fast]``) on first use and cached on disk; without numba,
-:func:`available` is False and the optimizers use PyTorch's kernels. They
-apply only to contiguous ``float32``/``float64`` CPU tensors (complex
-parameters as their real views), never to CUDA or DTensor parameters; see
-:func:`applies`. Rows that do not qualify (a non-contiguous parameter,
-gradient or state tensor) run on PyTorch's kernels in the same step.
+They are compiled with numba (an optional dependency) on first use and cached
+on disk; without numba, :func:`available` is False and the optimizers use
+PyTorch's kernels. They apply only to contiguous ``float32``/``float64`` CPU
+tensors (complex parameters as their real views), never to CUDA or DTensor
+parameters; see :func:`applies`. Rows that do not qualify (a non-contiguous
+parameter, gradient or state tensor) run through ``foreach`` in the same step.
 
-Each element runs the same expressions, in the same order and in the
-tensor's dtype, as the per-tensor loop in ``_update``; results agree with it
-to rounding (PyTorch's vectorized ops may contract multiply-adds).
+Each element runs the per-tensor loop's expressions of ``_update`` in the
+tensor's dtype (dividing by ``sqrt(1 - beta2^t)`` as a multiplication by its
+inverse); results agree with the loop to rounding.
 """
 
 from __future__ import annotations
