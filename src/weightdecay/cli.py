@@ -169,7 +169,14 @@ def _add_common(parser: argparse.ArgumentParser, *, default_out: Path) -> None:
         "--executor",
         type=_choice("--executor", EXECUTORS),
         default="local",
-        help="local: process pool; inline: this process (default: %(default)s)",
+        help="local: process pool; inline: this process; ray: Ray tasks, on a "
+        "local instance or the cluster of --ray-address (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        help="address of an existing Ray cluster for --executor ray (default: "
+        "$RAY_ADDRESS, else a local instance on loopback)",
     )
     parser.add_argument("--model", type=_choice("--model", MODELS), help="model")
     parser.add_argument(
@@ -528,7 +535,12 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
             )
 
     fn = functools.partial(run_config, data_dir=str(source.directory))
-    executor = make_executor(args.executor, args.workers)
+    from weightdecay.experiments.ray_executor import RayNotInstalledError
+
+    try:
+        executor = make_executor(args.executor, args.workers, args.ray_address)
+    except RayNotInstalledError as error:
+        raise SystemExit(f"weightdecay: error: --executor ray: {error}") from None
     out: Path = args.out
     with Store(out) as store:
         previous = store.meta()

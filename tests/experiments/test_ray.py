@@ -230,3 +230,37 @@ def test_without_ray_the_executor_says_how_to_install_it(
 def test_bad_arguments_are_named(workers: int, retries: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RayExecutor(workers=workers, retries=retries)
+
+
+def test_command_line_sweep_on_ray_matches_inline(
+    ray_executor: RayExecutor, tmp_path: Path
+) -> None:
+    """`weightdecay sweep --executor ray` stores the rows an inline sweep stores."""
+    from weightdecay.cli import main
+
+    grid = ["--optimizers", "AdamW,SGDW", "--lrs", "0.001", "--weight-decays"]
+    grid += ["0,0.001", "--seeds", "0", "--epochs", "1", "--train-size", "200"]
+    grid += ["--val-size", "200", "--data-dir", str(EMBEDDED_DIR), "--no-report"]
+    rows = {}
+    for name in ("ray", "inline"):
+        out = tmp_path / name
+        assert main(["sweep", "--out", str(out), "--executor", name, *grid]) == 0
+        with Store(out) as store:
+            rows[name] = {r["key"]: r["final"] for r in store.records()}
+    assert len(rows["ray"]) == 4
+    assert rows["ray"] == rows["inline"]
+
+
+def test_command_line_names_the_missing_extra(monkeypatch, tmp_path: Path) -> None:
+    """Without Ray, --executor ray exits with the install hint."""
+    from weightdecay.cli import main
+    from weightdecay.experiments import sweep
+
+    def no_ray(*args: Any, **kwargs: Any) -> None:
+        raise RayNotInstalledError(f"install it with: {INSTALL_HINT}")
+
+    monkeypatch.setattr(sweep, "make_executor", no_ray)
+    argv = ["sweep", "--out", str(tmp_path), "--executor", "ray", "--epochs", "1"]
+    argv += ["--data-dir", str(EMBEDDED_DIR)]
+    with pytest.raises(SystemExit, match=r"--executor ray: .*weightdecay\[ray\]"):
+        main(argv)

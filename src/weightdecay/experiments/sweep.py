@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 Config = Mapping[str, Any]
 RunFn = Callable[[Config], dict[str, Any]]
-EXECUTORS = ("local", "inline")
+EXECUTORS = ("local", "inline", "ray")
 
 
 @dataclasses.dataclass
@@ -224,16 +224,26 @@ def _any_retry(running: Mapping[cf.Future, tuple[Config, int]]) -> bool:
     return any(attempt > 1 for _, attempt in running.values())
 
 
-def make_executor(name: str, workers: int | None = None) -> Executor:
+def make_executor(
+    name: str, workers: int | None = None, address: str | None = None
+) -> Executor:
     """The executor called ``name`` (one of ``EXECUTORS``).
+
+    ``"ray"`` runs on the Ray cluster at ``address`` (or ``RAY_ADDRESS``), or
+    on a new local instance bound to loopback when neither is given.
 
     Raises:
         ValueError: unknown ``name`` or ``workers`` below 1.
+        RayNotInstalledError: ``"ray"`` without Ray installed.
     """
     if name == "local":
         return LocalExecutor(workers)
     if name == "inline":
         return InlineExecutor()
+    if name == "ray":
+        from weightdecay.experiments.ray_executor import RayExecutor
+
+        return RayExecutor(workers, address=address)
     raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {name!r}")
 
 
