@@ -57,6 +57,7 @@ def test_torch_sized_decay_in_paper_units_warns_with_consequence(cls):
     with pytest.warns(WeightDecayUnitsWarning) as record:
         cls(_params(), lr=0.1, weight_decay=0.01)
     message = str(record[0].message)
+    assert record[0].filename == __file__, "the warning must name the user's line"
     assert "removes 1.00% of every decayed weight per step" in message
     assert "half-life 69 steps" in message
     assert "decay_scaling='lr'" in message
@@ -69,3 +70,12 @@ def test_torch_sized_decay_in_torch_units_does_not_warn(cls):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         cls(_params(), lr=0.1, weight_decay=0.01, decay_scaling="lr")
+
+
+def test_unit_warning_from_add_param_group_names_the_callers_line():
+    opt = AdamW(_params(), lr=1e-3)
+    with pytest.warns(WeightDecayUnitsWarning) as record:
+        opt.add_param_group(
+            {"params": [torch.nn.Parameter(torch.ones(1))], "weight_decay": 0.05}
+        )
+    assert record[0].filename == __file__

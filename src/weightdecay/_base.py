@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from typing import Any
 
@@ -56,8 +57,26 @@ def warn_if_torch_sized(weight_decay: float, decay_scaling: str) -> None:
         "by the learning rate; for its convention pass decay_scaling='lr', or use "
         "weight_decay = lr * your_value in the paper's units.",
         WeightDecayUnitsWarning,
-        stacklevel=4,
+        stacklevel=_user_stacklevel(),
     )
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning at the user's line.
+
+    Counts the frames of this package and of ``torch.optim`` between the
+    caller of ``warnings.warn`` and the first frame outside them, so the
+    warning names the constructor call or ``add_param_group`` call that the
+    user wrote, whichever path led here.
+    """
+    frame = sys._getframe(1)  # the function that calls warnings.warn
+    level = 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(
+        ("weightdecay.", "torch.optim")
+    ):
+        frame = frame.f_back
+        level += 1
+    return level
 
 
 class ScheduledOptimizer(torch.optim.Optimizer):
