@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
 import torch
 
 import reference
+import resumable
 from weightdecay import Adam, AdamW
 
 IMPLEMENTATIONS = {
@@ -180,33 +180,6 @@ def test_paths_agree_in_float32(amsgrad):
         assert err < 1e-6, f"{name} vs loop: max relative error {err:.3e}"
 
 
-def _train(opt_factory, steps, start_state=None, seed=0):
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Linear(8, 2))
-    opt = opt_factory(model.parameters())
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1 + 0.05 * t))
-    batches = torch.randn(2 * steps, 16, 5, generator=torch.Generator().manual_seed(1))
-    first = 0
-    if start_state is not None:
-        model.load_state_dict(start_state["model"])
-        opt.load_state_dict(start_state["opt"])
-        sched.load_state_dict(start_state["sched"])
-        first = start_state["k"]
-    for i in range(first, first + steps):
-        loss = model(batches[i]).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    state = {
-        "model": copy.deepcopy(model.state_dict()),
-        "opt": copy.deepcopy(opt.state_dict()),
-        "sched": sched.state_dict(),
-        "k": first + steps,
-    }
-    return model, state
-
-
 @pytest.mark.parametrize("cls", [Adam, AdamW])
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_state_dict_resume_is_bit_identical(cls, impl, tmp_path):
@@ -215,11 +188,11 @@ def test_state_dict_resume_is_bit_identical(cls, impl, tmp_path):
     def factory(p):
         return cls(p, lr=1e-2, weight_decay=1e-3, amsgrad=True, **IMPLEMENTATIONS[impl])
 
-    straight, _ = _train(factory, 40)
-    _, half = _train(factory, 20)
+    straight, _ = resumable.train_resumable(factory, 40)
+    _, half = resumable.train_resumable(factory, 20)
     torch.save(half, tmp_path / "ckpt.pt")
     loaded = torch.load(tmp_path / "ckpt.pt", weights_only=True)
-    resumed, _ = _train(factory, 20, start_state=loaded, seed=123)
+    resumed, _ = resumable.train_resumable(factory, 20, start_state=loaded, seed=123)
     for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
 

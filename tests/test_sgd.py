@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
 import reference
+import resumable
 from weightdecay import SGD, SGDW
 
 IMPLEMENTATIONS = {
@@ -161,33 +160,6 @@ def test_sgdw_lr_units_are_torch_sgd_with_decoupled_decay():
     assert reference.worst(actual, expected) < 1e-10
 
 
-def _train(opt_factory, steps, start_state=None):
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Linear(8, 2))
-    opt = opt_factory(model.parameters())
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1 + 0.05 * t))
-    batches = torch.randn(2 * steps, 16, 5, generator=torch.Generator().manual_seed(1))
-    first = 0
-    if start_state is not None:
-        model.load_state_dict(start_state["model"])
-        opt.load_state_dict(start_state["opt"])
-        sched.load_state_dict(start_state["sched"])
-        first = start_state["k"]
-    for i in range(first, first + steps):
-        loss = model(batches[i]).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-    state = {
-        "model": copy.deepcopy(model.state_dict()),
-        "opt": copy.deepcopy(opt.state_dict()),
-        "sched": sched.state_dict(),
-        "k": first + steps,
-    }
-    return model, state
-
-
 @pytest.mark.parametrize("cls", [SGD, SGDW])
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_state_dict_resume_is_bit_identical(cls, impl, tmp_path):
@@ -196,10 +168,10 @@ def test_state_dict_resume_is_bit_identical(cls, impl, tmp_path):
             p, lr=0.05, weight_decay=1e-3, nesterov=True, **IMPLEMENTATIONS[impl]
         )
 
-    straight, _ = _train(factory, 40)
-    _, half = _train(factory, 20)
+    straight, _ = resumable.train_resumable(factory, 40)
+    _, half = resumable.train_resumable(factory, 20)
     torch.save(half, tmp_path / "ckpt.pt")
-    resumed, _ = _train(
+    resumed, _ = resumable.train_resumable(
         factory, 20, torch.load(tmp_path / "ckpt.pt", weights_only=True)
     )
     for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
