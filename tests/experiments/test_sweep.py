@@ -141,8 +141,8 @@ def test_progress_bar_counts_and_estimates():
 def test_executor_names_and_worker_counts_are_checked():
     assert make_executor("local", 3).workers == 3
     assert isinstance(make_executor("inline"), InlineExecutor)
-    with pytest.raises(ValueError, match="executor must be one of .* got 'ray'"):
-        make_executor("ray")
+    with pytest.raises(ValueError, match="executor must be one of .* got 'dask'"):
+        make_executor("dask")
     with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
         LocalExecutor(0)
 
