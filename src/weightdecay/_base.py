@@ -130,14 +130,14 @@ class ScheduledOptimizer(torch.optim.Optimizer):
 
     def _gather(
         self, group: dict[str, Any]
-    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], bool]:
-        """Parameters with a gradient, their gradients as real views, and state.
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """The group's parameters that have a gradient.
 
-        Returns the real views of parameters and gradients, the original
-        parameters (for state lookup) and whether any was complex.
+        Returns real views of the parameters and of their gradients (complex
+        tensors as pairs of reals), and the parameters themselves, which key
+        the optimizer state.
         """
         params, grads, originals = [], [], []
-        has_complex = False
         for param in group["params"]:
             if param.grad is None:
                 continue
@@ -147,15 +147,10 @@ class ScheduledOptimizer(torch.optim.Optimizer):
                     f"(parameter of shape {tuple(param.shape)}); use a dense "
                     "gradient or torch.optim.SparseAdam"
                 )
-            if torch.is_complex(param):
-                has_complex = True
-                params.append(torch.view_as_real(param))
-                grads.append(torch.view_as_real(param.grad))
-            else:
-                params.append(param)
-                grads.append(param.grad)
+            params.append(as_real(param))
+            grads.append(as_real(param.grad))
             originals.append(param)
-        return params, grads, originals, has_complex
+        return params, grads, originals
 
 
 def as_real(tensor: Tensor) -> Tensor:

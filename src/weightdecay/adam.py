@@ -26,7 +26,6 @@ from torch import Tensor
 
 from weightdecay import _kernels, _update
 from weightdecay._base import (
-    DECAY_SCALINGS,
     ScheduledOptimizer,
     as_real,
     check_nonnegative,
@@ -149,7 +148,7 @@ class _AdamCore(ScheduledOptimizer):
                 loss = closure()
 
         for group in self.param_groups:
-            params, grads, originals, _ = self._gather(group)
+            params, grads, originals = self._gather(group)
             if not params:
                 continue
             amsgrad = group["amsgrad"]
@@ -311,10 +310,6 @@ class AdamW(_AdamCore):
         fused: bool | None = None,
         decay_scaling: str = "schedule",
     ) -> None:
-        if decay_scaling not in DECAY_SCALINGS:
-            raise ValueError(
-                f"decay_scaling must be one of {DECAY_SCALINGS}, got {decay_scaling!r}"
-            )
         super().__init__(
             params,
             lr,

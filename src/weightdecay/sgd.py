@@ -31,7 +31,6 @@ from torch import Tensor
 
 from weightdecay import _kernels, _update
 from weightdecay._base import (
-    DECAY_SCALINGS,
     ScheduledOptimizer,
     as_real,
     check_unit_interval,
@@ -93,7 +92,7 @@ class _SGDCore(ScheduledOptimizer):
                 loss = closure()
 
         for group in self.param_groups:
-            params, grads, originals, _ = self._gather(group)
+            params, grads, originals = self._gather(group)
             if not params:
                 continue
             momentum = float(group["momentum"])
@@ -234,10 +233,6 @@ class SGDW(_SGDCore):
         foreach: bool | None = None,
         decay_scaling: str = "schedule",
     ) -> None:
-        if decay_scaling not in DECAY_SCALINGS:
-            raise ValueError(
-                f"decay_scaling must be one of {DECAY_SCALINGS}, got {decay_scaling!r}"
-            )
         super().__init__(
             params,
             lr,
