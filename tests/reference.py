@@ -85,6 +85,23 @@ def sgd(
     return out
 
 
+def decoupled_decays(
+    scaling: str, etas: Sequence[float], lam: float, *, alpha: float
+) -> list[float]:
+    """The fraction of the weights removed at each step, in each unit system.
+
+    ``"schedule"`` (the paper): eta_t * lambda; ``"lr"`` (PyTorch):
+    alpha * eta_t * lambda; ``"none"``: lambda at every step.
+    """
+    if scaling == "schedule":
+        return [eta * lam for eta in etas]
+    if scaling == "lr":
+        return [alpha * eta * lam for eta in etas]
+    if scaling == "none":
+        return [lam] * len(etas)
+    raise ValueError(f"unknown scaling {scaling!r}")
+
+
 def objective_grad(dim: int, seed: int) -> tuple[np.ndarray, Grad]:
     """A non-trivial objective: anisotropic quadratic + cosine ripples + noise.
 

@@ -32,11 +32,7 @@ def test_adamw_matches_textbook_algorithm2(impl, amsgrad, maximize, scaling):
         theta0, grad = theta0, (lambda th, t, g=grad: -g(th, t))
     etas = reference.moving_schedule(STEPS)
     lam = 0.008
-    per_step = {
-        "schedule": [eta * lam for eta in etas],
-        "lr": [ALPHA * eta * lam for eta in etas],
-        "none": [lam] * STEPS,
-    }[scaling]
+    per_step = reference.decoupled_decays(scaling, etas, lam, alpha=ALPHA)
     expected = reference.adam(
         theta0,
         grad,

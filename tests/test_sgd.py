@@ -29,11 +29,7 @@ def test_sgdw_matches_textbook_algorithm1(impl, nesterov, maximize, scaling):
         grad = lambda th, t, g=grad: -g(th, t)  # noqa: E731
     etas = reference.moving_schedule(STEPS)
     lam = 0.008
-    per_step = {
-        "schedule": [eta * lam for eta in etas],
-        "lr": [ALPHA * eta * lam for eta in etas],
-        "none": [lam] * STEPS,
-    }[scaling]
+    per_step = reference.decoupled_decays(scaling, etas, lam, alpha=ALPHA)
     expected = reference.sgd(
         theta0,
         grad,
