@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from weightdecay import _kernels
+
 __all__ = ["DECAY_SCALINGS", "WeightDecayUnitsWarning", "ScheduledOptimizer"]
 
 DECAY_SCALINGS = ("schedule", "lr", "none")
@@ -127,6 +129,39 @@ class ScheduledOptimizer(torch.optim.Optimizer):
         if scaling == "lr":
             return float(group["lr"]) * weight_decay
         return weight_decay
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # load_state_dict and unpickling arrive here with new state tensors:
+        # drop the kernel plans, which hold the old ones.
+        super().__setstate__(state)
+        self._plans = {}
+
+    def _planned(
+        self, group: dict[str, Any], keys: tuple[str, ...]
+    ) -> tuple[_kernels.Plan, list[Tensor]] | None:
+        """The group's kernel plan and the gradients it leaves to ``foreach``,
+        where the plan of an earlier step still describes the group."""
+        plan = self.__dict__.get("_plans", {}).get(id(group))
+        if plan is None or plan.group is not group or plan.keys != keys:
+            return None
+        rest = plan.refresh(group, self.state)
+        return None if rest is None else (plan, rest)
+
+    def _new_plan(
+        self, group: dict[str, Any], keys: tuple[str, ...], height: int
+    ) -> tuple[_kernels.Plan, list[Tensor]] | None:
+        """Inspect the group for the kernels and keep the plan for later steps.
+
+        The state of every parameter with a gradient must exist already.
+        """
+        plans = self.__dict__.setdefault("_plans", {})
+        plan = _kernels.Plan(group, self.state, keys, height)
+        rest = plan.refresh(group, self.state)
+        if rest is None:
+            plans.pop(id(group), None)
+            return None
+        plans[id(group)] = plan
+        return plan, rest
 
     def _gather(
         self, group: dict[str, Any]

@@ -9,12 +9,18 @@ once and cut the whole step into chunks of elements, so one call covers the
 model whatever its number of tensors; large steps split the chunks between
 the calling thread and a small pool of helper threads.
 
-They are compiled with numba (an optional dependency) on first use and cached
-on disk; without numba, :func:`available` is False and the optimizers use
-PyTorch's kernels. They apply only to contiguous ``float32``/``float64`` CPU
-tensors (complex parameters as their real views), never to CUDA or DTensor
-parameters; see :func:`applies`. Rows that do not qualify (a non-contiguous
-parameter, gradient or state tensor) run through ``foreach`` in the same step.
+What stays the same from one step to the next (parameters, state tensors,
+their addresses, the chunk table) is kept in a :class:`Plan` per parameter
+group; each step checks cheaply that it still holds and inspects only the
+gradients, which autograd may allocate anew at every backward.
+
+The kernels are compiled with numba (an optional dependency) on first use
+and cached on disk; without numba, :func:`available` is False and the
+optimizers use PyTorch's kernels. They apply only to contiguous
+``float32``/``float64`` CPU tensors (complex parameters as their real views),
+never to CUDA or DTensor parameters; see :func:`applies`. Rows that do not
+qualify (a non-contiguous parameter, gradient or state tensor) run through
+``foreach`` in the same step.
 
 Each element runs the per-tensor loop's expressions of ``_update`` in the
 tensor's dtype (dividing by ``sqrt(1 - beta2^t)`` as a multiplication by its
@@ -25,9 +31,10 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -37,7 +44,7 @@ from torch import Tensor
 
 from weightdecay import _update
 
-__all__ = ["adam_kernel", "applies", "available", "sgd_kernel"]
+__all__ = ["Plan", "adam_kernel", "applies", "available", "sgd_kernel"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +61,10 @@ _PARALLEL_MIN = 1 << 18
 # chunk's seven streams within a core's L2 while amortizing scheduling.
 _CHUNK = 1 << 16
 
+# Rows of the address table: parameter, gradient, then the state tensors.
+ADAM_ROWS = 5  # exp_avg, exp_avg_sq, max_exp_avg_sq
+SGD_ROWS = 3  # momentum_buffer
+
 _lock = threading.RLock()
 _compiled: dict[str, Any] | None = None
 _import_failed = False
@@ -69,7 +80,7 @@ def applies(params: Sequence[Tensor]) -> bool:
 
     True where numba is available and every parameter is a plain CPU tensor
     of dtype ``float32`` or ``float64``; per-tensor conditions on gradients
-    and state are checked again at each step (see :func:`adam_kernel`).
+    and state are checked again at each step (see :class:`Plan`).
     """
     if not params or (_compiled is None and not available()):
         return False
@@ -89,28 +100,17 @@ def _inspect(
     A row qualifies when all its tensors are plain (no subclass), contiguous
     CPU tensors of the first parameter's dtype and of one size. Raw addresses
     are handed to the kernels, so these conditions guard memory safety, not
-    only speed; a row that fails runs on PyTorch's kernels instead. PyTorch
-    guarantees that a gradient has its parameter's dtype, device and shape,
-    so only its layout is checked.
+    only speed; a row that fails runs on PyTorch's kernels instead.
     """
     dtype = params[0].dtype
     ok = dtype in _DTYPES
-    numels, rows, param_addresses, grad_addresses = [], [], [], []
-    for param, grad in zip(params, grads, strict=True):
-        numels.append(param.numel())
-        rows.append(
-            ok
-            and type(param) in _PLAIN
-            and param.dtype is dtype
-            and param.is_contiguous()
-            and type(grad) in _PLAIN
-            and grad.is_contiguous()
-        )
-        param_addresses.append(param.data_ptr())
-        grad_addresses.append(grad.data_ptr())
-    addresses = [param_addresses, grad_addresses]
-    for tensors in states:
-        state_addresses = []
+    rows = [
+        ok and type(param) in _PLAIN and param.dtype is dtype and param.is_contiguous()
+        for param in params
+    ]
+    numels = [param.numel() for param in params]
+    addresses = [[param.data_ptr() for param in params]]
+    for tensors in (grads, *states):
         for i, tensor in enumerate(tensors):
             rows[i] = rows[i] and (
                 type(tensor) in _PLAIN
@@ -119,8 +119,7 @@ def _inspect(
                 and tensor.numel() == numels[i]
                 and tensor.is_contiguous()
             )
-            state_addresses.append(tensor.data_ptr())
-        addresses.append(state_addresses)
+        addresses.append([tensor.data_ptr() for tensor in tensors])
     return rows, addresses, numels
 
 
@@ -144,23 +143,33 @@ def _load() -> dict[str, Any] | None:
     return _compiled
 
 
-_chunk_cache: dict[tuple[int, ...], np.ndarray] = {}
+def _kernels_or_raise() -> dict[str, Any]:
+    kernels = _load()
+    if kernels is None:
+        raise RuntimeError("the numba kernels are unavailable: install numba")
+    return kernels
 
 
-def _chunks(numels: tuple[int, ...]) -> np.ndarray:
+def _chunk_table(numels: Sequence[int]) -> np.ndarray:
     """``(n, 3)`` int64 rows of (tensor, start, end) covering every element."""
-    table = _chunk_cache.get(numels)
-    if table is None:
-        rows = [
-            (index, start, min(start + _CHUNK, numel))
-            for index, numel in enumerate(numels)
-            for start in range(0, numel, _CHUNK)
-        ]
-        table = np.array(rows, dtype=np.int64).reshape(-1, 3)
-        if len(_chunk_cache) > 64:
-            _chunk_cache.clear()
-        _chunk_cache[numels] = table
-    return table
+    rows = [
+        (index, start, min(start + _CHUNK, numel))
+        for index, numel in enumerate(numels)
+        for start in range(0, numel, _CHUNK)
+    ]
+    return np.array(rows, dtype=np.int64).reshape(-1, 3)
+
+
+def _shares(chunks: np.ndarray, threads: int) -> list[np.ndarray]:
+    """Split the chunk table into at most ``threads`` runs of about equal
+    elements; one run where the step is too small to be worth a thread."""
+    elements = int((chunks[:, 2] - chunks[:, 1]).sum()) if len(chunks) else 0
+    threads = min(threads, len(chunks))
+    if threads <= 1 or elements < _PARALLEL_MIN:
+        return [chunks]
+    done = np.cumsum(chunks[:, 2] - chunks[:, 1])
+    cuts = np.searchsorted(done, done[-1] * np.arange(1, threads) / threads)
+    return [share for share in np.split(chunks, cuts) if len(share)]
 
 
 _pool: ThreadPoolExecutor | None = None
@@ -186,49 +195,309 @@ def _helpers(count: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def _shares(chunks: np.ndarray, threads: int) -> list[np.ndarray]:
-    """Split the chunk table into ``threads`` runs of about equal elements."""
-    done = np.cumsum(chunks[:, 2] - chunks[:, 1])
-    cuts = np.searchsorted(done, done[-1] * np.arange(1, threads) / threads)
-    return [share for share in np.split(chunks, cuts) if len(share)]
+def _launch(kernel: Any, shares: list[np.ndarray], *args: np.ndarray) -> None:
+    """Run ``kernel`` on each share of the chunks, the first in this thread.
 
-
-def _launch(kernel: Any, numels: tuple[int, ...], *args: np.ndarray) -> None:
-    """Run ``kernel`` over all chunks on torch's number of threads.
-
-    Small steps run in the calling thread; larger ones split the chunks
-    between it and ``torch.get_num_threads() - 1`` helper threads (the
-    kernels release the GIL).
+    The other shares go to a pool of helper threads; the kernels release the
+    GIL, so the shares run in parallel.
     """
-    chunks = _chunks(numels)
-    threads = min(torch.get_num_threads(), len(chunks))
-    if threads <= 1 or sum(numels) < _PARALLEL_MIN:
-        kernel(chunks, *args)
+    first, *others = shares
+    if not others:
+        kernel(first, *args)
         return
-    first, *others = _shares(chunks, threads)
-    pool = _helpers(threads - 1)
+    pool = _helpers(len(others))
     futures = [pool.submit(kernel, share, *args) for share in others]
     kernel(first, *args)
     for future in futures:
         future.result()
 
 
-def _kernels_or_raise() -> dict[str, Any]:
-    kernels = _load()
-    if kernels is None:
-        raise RuntimeError("the numba kernels are unavailable: install numba")
-    return kernels
+class _Launch:
+    """The arrays a kernel call takes, allocated once for a set of rows."""
+
+    def __init__(self, addresses: list[list[int]], numels: list[int], height: int):
+        self.numels = numels
+        self.table = np.zeros((height, len(numels)), dtype=np.int64)
+        self.table[: len(addresses)] = addresses
+        self.chunks = _chunk_table(numels)
+        self._shares: tuple[int, list[np.ndarray]] = (0, [])
+
+    def shares(self) -> list[np.ndarray]:
+        """The chunks split for torch's current number of threads."""
+        threads = torch.get_num_threads()
+        if self._shares[0] != threads:
+            self._shares = (threads, _shares(self.chunks, threads))
+        return self._shares[1]
+
+
+def _adam_scalars(
+    steps: Sequence[int],
+    dtype: torch.dtype,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    l2: float,
+    decay: float,
+    amsgrad: bool,
+    maximize: bool,
+) -> tuple[np.ndarray, ...]:
+    """Per tensor -lr / (1 - beta1^t) and 1 / sqrt(1 - beta2^t), then the
+    coefficients and flags, as the Adam kernel takes them."""
+    numpy_dtype = _NUMPY_DTYPES[dtype]
+    count = len(steps)
+    if steps.count(steps[0]) == count:
+        t = steps[0]
+        step_sizes = np.full(count, -lr / (1.0 - beta1**t), dtype=numpy_dtype)
+        bias2_inverse = np.full(count, 1.0 / math.sqrt(1.0 - beta2**t), numpy_dtype)
+    else:
+        corrections = {
+            t: (-lr / (1.0 - beta1**t), 1.0 / math.sqrt(1.0 - beta2**t))
+            for t in set(steps)
+        }
+        pairs = np.array([corrections[t] for t in steps], dtype=numpy_dtype)
+        step_sizes, bias2_inverse = pairs[:, 0].copy(), pairs[:, 1].copy()
+    coefficients = np.array(
+        [1.0 - beta1, beta2, 1.0 - beta2, eps, l2, 1.0 - decay], dtype=numpy_dtype
+    )
+    flags = np.array([amsgrad, maximize, l2 != 0.0, decay != 0.0], dtype=np.int64)
+    return step_sizes, bias2_inverse, coefficients, flags
+
+
+def _sgd_scalars(
+    dtype: torch.dtype,
+    lr: float,
+    momentum: float,
+    l2: float,
+    decay: float,
+    nesterov: bool,
+    maximize: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    coefficients = np.array([lr, momentum, l2, 1.0 - decay], dtype=_NUMPY_DTYPES[dtype])
+    flags = np.array(
+        [momentum != 0.0, nesterov, maximize, l2 != 0.0, decay != 0.0], dtype=np.int64
+    )
+    return coefficients, flags
 
 
 def _select(rows: list[bool], items: Sequence[Any], keep: bool) -> list[Any]:
     return [item for item, ok in zip(items, rows, strict=True) if ok is keep]
 
 
-def _table(addresses: list[list[int]], height: int) -> np.ndarray:
-    """The addresses as an int64 table of ``height`` rows (missing rows zero)."""
-    table = np.zeros((height, len(addresses[0])), dtype=np.int64)
-    table[: len(addresses)] = addresses
-    return table
+class Plan:
+    """One parameter group's kernel step, kept from one step to the next.
+
+    A plan is built from a full inspection of the group's tensors (see
+    :func:`_inspect`): which rows the kernels take, the addresses of their
+    parameters and state tensors, the chunk table. Each later step calls
+    :meth:`refresh`, which confirms in a few attribute reads per tensor that
+    the group still holds the same tensors and takes this step's gradients,
+    or returns None, and the optimizer builds a new plan, when anything
+    changed: the parameter list, which parameters have a gradient, a
+    parameter's storage (``param.data = ...``), the state dict of a parameter
+    or one of its state tensors (``load_state_dict``), the group's
+    ``foreach``/``fused`` flags, or a gradient's layout, dtype or size.
+
+    The plan holds the storages of the parameters and state tensors it hands
+    to the kernels, so their addresses stay valid memory for as long as it
+    exists. It never keeps a gradient: gradients are inspected at each step.
+    A tensor changed in place behind its own Python object (``set_``,
+    ``as_strided_`` on a parameter or state tensor that keeps its data
+    address) is not detected.
+
+    Args:
+        group: the parameter group.
+        state: the optimizer's per-parameter state, already initialized for
+            every parameter that has a gradient.
+        keys: the state tensors the kernel reads, in the order of its rows.
+        height: rows of the kernel's address table.
+    """
+
+    def __init__(
+        self,
+        group: dict[str, Any],
+        state: Mapping[Tensor, dict[str, Any]],
+        keys: tuple[str, ...],
+        height: int,
+    ) -> None:
+        self.group = group
+        self.group_params = group["params"]
+        self.count = len(self.group_params)
+        self.present = [p.grad is not None for p in self.group_params]
+        self.originals = [p for p in self.group_params if p.grad is not None]
+        self.keys = keys
+        self.dicts = [state[p] for p in self.originals]
+        self.state_tensors = [[d[key] for d in self.dicts] for key in keys]
+        self.param_addresses = [p.data_ptr() for p in self.originals]
+        self.complex = [p.is_complex() for p in self.originals]
+        self.any_complex = any(self.complex)
+
+        params = [_base_real(p) for p in self.originals]
+        grads = self._real([p.grad for p in self.originals])
+        states = [[_base_real(t) for t in tensors] for tensors in self.state_tensors]
+        self.dtype = params[0].dtype
+        rows, addresses, numels = _inspect(params, grads, *states)
+        self.rows = rows
+        self.all_rows = all(rows)
+        self.grad_numels = _select(rows, numels, True)
+        self.rest_params = _select(rows, params, False)
+        self.rest_states = [_select(rows, tensors, False) for tensors in states]
+        kept = [_select(rows, row, True) for i, row in enumerate(addresses) if i != 1]
+        kept.insert(1, [0] * len(self.grad_numels))
+        self.launch = _Launch(kept, self.grad_numels, height) if any(rows) else None
+        # References to the memory behind every address in the table.
+        self._storages = [
+            t.untyped_storage()
+            for tensors in (params, *states)
+            for t, ok in zip(tensors, rows, strict=True)
+            if ok
+        ]
+
+    def _real(self, tensors: list[Tensor]) -> list[Tensor]:
+        if not self.any_complex:
+            return tensors
+        return [
+            torch.view_as_real(t) if c else t
+            for t, c in zip(tensors, self.complex, strict=True)
+        ]
+
+    def refresh(
+        self, group: dict[str, Any], state: Mapping[Tensor, dict[str, Any]]
+    ) -> list[Tensor] | None:
+        """Check that the plan still holds and take this step's gradients.
+
+        Writes the gradients' addresses into the kernel's table and returns
+        the gradients of the rows that run on ``foreach`` (real views), or
+        None if the plan no longer describes the group.
+        """
+        params = group["params"]
+        if (
+            params is not self.group_params
+            or len(params) != self.count
+            or group.get("foreach") is not None
+            or group.get("fused") is not None
+        ):
+            return None
+        grads = [p.grad for p in params]
+        if [g is not None for g in grads] != self.present:
+            return None
+        if len(grads) != len(self.originals):
+            grads = [g for g in grads if g is not None]
+        if [p.data_ptr() for p in self.originals] != self.param_addresses:
+            return None
+        dicts = [state.get(p) for p in self.originals]
+        if not all(map(operator.is_, dicts, self.dicts)):
+            return None
+        for key, tensors in zip(self.keys, self.state_tensors, strict=True):
+            if not all(map(operator.is_, [d.get(key) for d in dicts], tensors)):
+                return None
+        grads = self._real(grads)
+        kernel_grads = grads if self.all_rows else _select(self.rows, grads, True)
+        dtype = self.dtype
+        addresses = []
+        try:
+            for grad, numel in zip(kernel_grads, self.grad_numels, strict=True):
+                if not (
+                    type(grad) in _PLAIN
+                    and grad.is_cpu
+                    and grad.dtype is dtype
+                    and grad.numel() == numel
+                    and grad.is_contiguous()
+                ):
+                    return None
+                addresses.append(grad.data_ptr())
+        except RuntimeError:  # sparse gradients have no strides
+            return None
+        if self.launch is not None:
+            self.launch.table[1] = addresses
+        return [] if self.all_rows else _select(self.rows, grads, False)
+
+    def advance(self) -> list[int]:
+        """Count this step in every parameter's state; the new step counts."""
+        for d in self.dicts:
+            d["step"] += 1
+        return [d["step"] for d in self.dicts]
+
+    def adam(
+        self,
+        rest_grads: list[Tensor],
+        steps: list[int],
+        *,
+        lr: float,
+        beta1: float,
+        beta2: float,
+        eps: float,
+        l2: float,
+        decay: float,
+        amsgrad: bool,
+        maximize: bool,
+    ) -> None:
+        """Algorithm 2 on the group, after :meth:`refresh` and :meth:`advance`."""
+        options = dict(
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            eps=eps,
+            l2=l2,
+            decay=decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+        )
+        if not self.all_rows:
+            exp_avgs, exp_avg_sqs, *maxes = self.rest_states
+            _update.adam_foreach(
+                self.rest_params,
+                rest_grads,
+                exp_avgs,
+                exp_avg_sqs,
+                maxes[0] if amsgrad else [],
+                _select(self.rows, steps, False),
+                **options,
+            )
+            steps = _select(self.rows, steps, True)
+        if self.launch is not None:
+            scalars = _adam_scalars(steps, self.dtype, **options)
+            _launch(
+                _kernels_or_raise()["adam"],
+                self.launch.shares(),
+                self.launch.table,
+                *scalars,
+            )
+
+    def sgd(
+        self,
+        rest_grads: list[Tensor],
+        *,
+        lr: float,
+        momentum: float,
+        l2: float,
+        decay: float,
+        nesterov: bool,
+        maximize: bool,
+    ) -> None:
+        """Algorithm 1 on the group, after :meth:`refresh` and :meth:`advance`."""
+        options = dict(
+            lr=lr,
+            momentum=momentum,
+            l2=l2,
+            decay=decay,
+            nesterov=nesterov,
+            maximize=maximize,
+        )
+        if not self.all_rows:
+            buffers = self.rest_states[0] if self.rest_states else []
+            _update.sgd_foreach(self.rest_params, rest_grads, buffers, **options)
+        if self.launch is not None:
+            _launch(
+                _kernels_or_raise()["sgd"],
+                self.launch.shares(),
+                self.launch.table,
+                *_sgd_scalars(self.dtype, **options),
+            )
+
+
+def _base_real(tensor: Tensor) -> Tensor:
+    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
 
 
 def adam_kernel(
@@ -250,11 +519,23 @@ def adam_kernel(
 ) -> None:
     """Algorithm 2 over all tensors in one pass (see ``_update.adam_for_loop``).
 
-    Rows whose tensors the kernel cannot take run through
-    ``_update.adam_foreach`` in the same call (not PyTorch's fused kernel,
-    which mishandles non-contiguous tensors on the CPU).
+    The stateless form of :meth:`Plan.adam`, with ``_update``'s signature:
+    every tensor is inspected at each call. Rows whose tensors the kernel
+    cannot take run through ``_update.adam_foreach`` in the same call (not
+    PyTorch's fused kernel, which mishandles non-contiguous tensors on the
+    CPU).
     """
-    kernels = _kernels_or_raise()
+    kernel = _kernels_or_raise()["adam"]
+    options = dict(
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
+        l2=l2,
+        decay=decay,
+        amsgrad=amsgrad,
+        maximize=maximize,
+    )
     lists = [params, grads, exp_avgs, exp_avg_sqs]
     if amsgrad:
         lists.append(max_exp_avg_sqs)
@@ -263,50 +544,15 @@ def adam_kernel(
         rest = [_select(rows, tensors, False) for tensors in lists]
         if not amsgrad:
             rest.append([])
-        _update.adam_foreach(
-            *rest,
-            _select(rows, steps, False),
-            lr=lr,
-            beta1=beta1,
-            beta2=beta2,
-            eps=eps,
-            l2=l2,
-            decay=decay,
-            amsgrad=amsgrad,
-            maximize=maximize,
-        )
+        _update.adam_foreach(*rest, _select(rows, steps, False), **options)
         if not any(rows):
             return
         steps = _select(rows, steps, True)
         numels = _select(rows, numels, True)
         addresses = [_select(rows, row, True) for row in addresses]
-    dtype = _NUMPY_DTYPES[params[0].dtype]
-
-    # Scalars cast to the tensors' dtype as PyTorch casts them; per tensor
-    # -lr / (1 - beta1^t) and 1 / sqrt(1 - beta2^t), once per distinct t.
-    corrections = {
-        t: (-lr / (1.0 - beta1**t), 1.0 / math.sqrt(1.0 - beta2**t)) for t in set(steps)
-    }
-    if len(corrections) == 1:
-        step_size, bias2_inv = corrections[steps[0]]
-        step_sizes = np.full(len(steps), step_size, dtype=dtype)
-        bias2_inverse = np.full(len(steps), bias2_inv, dtype=dtype)
-    else:
-        pairs = np.array([corrections[t] for t in steps], dtype=dtype)
-        step_sizes, bias2_inverse = pairs[:, 0].copy(), pairs[:, 1].copy()
-    coefficients = np.array(
-        [1.0 - beta1, beta2, 1.0 - beta2, eps, l2, 1.0 - decay], dtype=dtype
-    )
-    flags = np.array([amsgrad, maximize, l2 != 0.0, decay != 0.0], dtype=np.int64)
-    _launch(
-        kernels["adam"],
-        tuple(numels),
-        _table(addresses, 5),
-        step_sizes,
-        bias2_inverse,
-        coefficients,
-        flags,
-    )
+    launch = _Launch(addresses, numels, ADAM_ROWS)
+    scalars = _adam_scalars(list(steps), params[0].dtype, **options)
+    _launch(kernel, launch.shares(), launch.table, *scalars)
 
 
 def sgd_kernel(
@@ -323,33 +569,30 @@ def sgd_kernel(
 ) -> None:
     """Algorithm 1 over all tensors in one pass (see ``_update.sgd_for_loop``).
 
-    Rows whose tensors the kernel cannot take run through
-    ``_update.sgd_foreach`` in the same call.
+    The stateless form of :meth:`Plan.sgd`. Rows whose tensors the kernel
+    cannot take run through ``_update.sgd_foreach`` in the same call.
     """
-    kernels = _kernels_or_raise()
+    kernel = _kernels_or_raise()["sgd"]
+    options = dict(
+        lr=lr,
+        momentum=momentum,
+        l2=l2,
+        decay=decay,
+        nesterov=nesterov,
+        maximize=maximize,
+    )
     has_momentum = momentum != 0.0
     lists = [params, grads, momentum_buffers] if has_momentum else [params, grads]
     rows, addresses, numels = _inspect(*lists)
     if not all(rows):
         rest = [_select(rows, tensors, False) for tensors in lists]
         _update.sgd_foreach(
-            rest[0],
-            rest[1],
-            rest[2] if has_momentum else [],
-            lr=lr,
-            momentum=momentum,
-            l2=l2,
-            decay=decay,
-            nesterov=nesterov,
-            maximize=maximize,
+            rest[0], rest[1], rest[2] if has_momentum else [], **options
         )
         if not any(rows):
             return
         numels = _select(rows, numels, True)
         addresses = [_select(rows, row, True) for row in addresses]
-    dtype = _NUMPY_DTYPES[params[0].dtype]
-    coefficients = np.array([lr, momentum, l2, 1.0 - decay], dtype=dtype)
-    flags = np.array(
-        [has_momentum, nesterov, maximize, l2 != 0.0, decay != 0.0], dtype=np.int64
-    )
-    _launch(kernels["sgd"], tuple(numels), _table(addresses, 3), coefficients, flags)
+    launch = _Launch(addresses, numels, SGD_ROWS)
+    scalars = _sgd_scalars(params[0].dtype, **options)
+    _launch(kernel, launch.shares(), launch.table, *scalars)

@@ -35,6 +35,11 @@ from weightdecay._base import (
 
 __all__ = ["Adam", "AdamW"]
 
+# The state tensors of a parameter, without and with amsgrad.
+_STATE_KEYS = {
+    False: ("exp_avg", "exp_avg_sq"),
+    True: ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+}
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _FUSED_DEVICES = ("cpu", "cuda", "mps", "xpu")
 
@@ -148,41 +153,48 @@ class _AdamCore(ScheduledOptimizer):
                 loss = closure()
 
         for group in self.param_groups:
-            params, grads, originals = self._gather(group)
-            if not params:
-                continue
             amsgrad = group["amsgrad"]
+            # Paper units: step size alpha * eta_t; decay per the chosen units.
+            lr = float(group["lr"])
+            decay = self.decoupled_decay(group) if self._decoupled else 0.0
+            beta1, beta2 = group["betas"]
+            options = dict(
+                lr=lr,
+                beta1=float(beta1),
+                beta2=float(beta2),
+                eps=float(group["eps"]),
+                l2=0.0 if self._decoupled else float(group["weight_decay"]),
+                decay=decay,
+                amsgrad=amsgrad,
+                maximize=group["maximize"],
+            )
+            keys = _STATE_KEYS[amsgrad]
+            planned = self._planned(group, keys)
+            if planned is None:
+                params, grads, originals = self._gather(group)
+                if not params:
+                    continue
+                for param in originals:
+                    self._init_state(param, amsgrad)
+                implementation = self._implementation(group, params, lr, decay)
+                if implementation is _kernels.adam_kernel:
+                    planned = self._new_plan(group, keys, _kernels.ADAM_ROWS)
+            if planned is not None:
+                plan, rest = planned
+                plan.adam(rest, plan.advance(), **options)
+                continue
+
             exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], []
             for param in originals:
-                state = self._init_state(param, amsgrad)
+                state = self.state[param]
                 state["step"] += 1
                 steps.append(state["step"])
                 exp_avgs.append(as_real(state["exp_avg"]))
                 exp_avg_sqs.append(as_real(state["exp_avg_sq"]))
                 if amsgrad:
                     max_exp_avg_sqs.append(as_real(state["max_exp_avg_sq"]))
-
-            # Paper units: step size alpha * eta_t; decay per the chosen units.
-            lr = float(group["lr"])
-            decay = self.decoupled_decay(group) if self._decoupled else 0.0
-            l2 = 0.0 if self._decoupled else float(group["weight_decay"])
-            beta1, beta2 = group["betas"]
-            implementation = self._implementation(group, params, lr, decay)
             implementation(
-                params,
-                grads,
-                exp_avgs,
-                exp_avg_sqs,
-                max_exp_avg_sqs,
-                steps,
-                lr=lr,
-                beta1=float(beta1),
-                beta2=float(beta2),
-                eps=float(group["eps"]),
-                l2=l2,
-                decay=decay,
-                amsgrad=amsgrad,
-                maximize=group["maximize"],
+                params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, **options
             )
         return loss
 

@@ -76,6 +76,16 @@ class _SGDCore(ScheduledOptimizer):
         if self._decoupled:
             warn_if_torch_sized(group["weight_decay"], group["decay_scaling"])
 
+    def _init_state(self, param: Tensor, momentum: float) -> dict[str, Any]:
+        state = self.state[param]
+        # The step count is a Python int: exact at any length.
+        state.setdefault("step", 0)
+        if momentum != 0.0 and "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(
+                param, memory_format=torch.preserve_format
+            )
+        return state
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Perform one optimization step.
@@ -92,42 +102,44 @@ class _SGDCore(ScheduledOptimizer):
                 loss = closure()
 
         for group in self.param_groups:
-            params, grads, originals = self._gather(group)
-            if not params:
-                continue
             momentum = float(group["momentum"])
+            options = dict(
+                lr=float(group["lr"]),
+                momentum=momentum,
+                l2=0.0 if self._decoupled else float(group["weight_decay"]),
+                decay=self.decoupled_decay(group) if self._decoupled else 0.0,
+                nesterov=group["nesterov"],
+                maximize=group["maximize"],
+            )
+            keys = ("momentum_buffer",) if momentum != 0.0 else ()
+            planned = self._planned(group, keys)
+            if planned is None:
+                params, grads, originals = self._gather(group)
+                if not params:
+                    continue
+                for param in originals:
+                    self._init_state(param, momentum)
+                if group["foreach"] is None and _kernels.applies(params):
+                    planned = self._new_plan(group, keys, _kernels.SGD_ROWS)
+            if planned is not None:
+                plan, rest = planned
+                plan.advance()
+                plan.sgd(rest, **options)
+                continue
+
             buffers = []
             for param in originals:
                 state = self.state[param]
-                # The step count is a Python int: exact at any length.
-                state["step"] = state.get("step", 0) + 1
+                state["step"] += 1
                 if momentum != 0.0:
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = torch.zeros_like(
-                            param, memory_format=torch.preserve_format
-                        )
                     buffers.append(as_real(state["momentum_buffer"]))
-
-            lr = float(group["lr"])
-            decay = self.decoupled_decay(group) if self._decoupled else 0.0
-            l2 = 0.0 if self._decoupled else float(group["weight_decay"])
             if group["foreach"] is False:
                 implementation = _update.sgd_for_loop
             elif group["foreach"] is None and _kernels.applies(params):
                 implementation = _kernels.sgd_kernel
             else:
                 implementation = _update.sgd_foreach
-            implementation(
-                params,
-                grads,
-                buffers,
-                lr=lr,
-                momentum=momentum,
-                l2=l2,
-                decay=decay,
-                nesterov=group["nesterov"],
-                maximize=group["maximize"],
-            )
+            implementation(params, grads, buffers, **options)
         return loss
 
 
