@@ -35,7 +35,6 @@ import operator
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -161,66 +160,182 @@ def _chunk_table(numels: Sequence[int]) -> np.ndarray:
 
 
 def _shares(chunks: np.ndarray, threads: int) -> list[np.ndarray]:
-    """Split the chunk table into at most ``threads`` runs of about equal
-    elements; one run where the step is too small to be worth a thread."""
+    """Split the chunk table into runs of about equal elements for ``threads``.
+
+    Two runs per thread, so that the calling thread can take over the share
+    of a helper that is slow to wake (see :class:`_Team`); one run where the
+    step is too small to be worth a thread.
+    """
     elements = int((chunks[:, 2] - chunks[:, 1]).sum()) if len(chunks) else 0
-    threads = min(threads, len(chunks))
-    if threads <= 1 or elements < _PARALLEL_MIN:
+    parts = min(2 * threads, len(chunks))
+    if threads <= 1 or parts <= 1 or elements < _PARALLEL_MIN:
         return [chunks]
     done = np.cumsum(chunks[:, 2] - chunks[:, 1])
-    cuts = np.searchsorted(done, done[-1] * np.arange(1, threads) / threads)
+    cuts = np.searchsorted(done, done[-1] * np.arange(1, parts) / parts)
     return [share for share in np.split(chunks, cuts) if len(share)]
 
 
-_pool: ThreadPoolExecutor | None = None
+class _Job:
+    """One kernel call split into shares, claimed one at a time."""
+
+    __slots__ = ("args", "claimed", "done", "error", "kernel", "running", "shares")
+
+    def __init__(self, kernel: Any, shares: list[np.ndarray], args: tuple) -> None:
+        self.kernel = kernel
+        self.shares = shares
+        self.args = args
+        self.claimed = 0  # shares handed out so far
+        self.running = 0  # shares being computed now
+        self.done: threading.Lock | None = None  # set when the caller waits
+        self.error: BaseException | None = None
 
 
-def _forget_pool() -> None:
-    """After ``fork`` the pool's threads are gone; start a new one on demand."""
-    global _pool
-    _pool = None
+class _Team:
+    """Helper threads that run shares of a kernel call beside the caller.
+
+    Each helper sleeps on a lock of its own until a call wakes it. Shares
+    are claimed one at a time, the calling thread claiming too, so a helper
+    that the operating system schedules late finds its share already done
+    instead of stalling the step; the caller waits only for shares that a
+    helper has started. The kernels release the GIL while they compute.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._lock = threading.Lock()  # guards the fields of the current job
+        self._busy = threading.Lock()  # one call at a time
+        self._job: _Job | None = None
+        self._parked: list[threading.Lock] = []
+        for index in range(size):
+            wake = threading.Lock()
+            wake.acquire()
+            self._parked.append(wake)
+            threading.Thread(
+                target=self._serve,
+                args=(wake,),
+                name=f"weightdecay-kernel-{index}",
+                daemon=True,
+            ).start()
+
+    def _serve(self, wake: threading.Lock) -> None:
+        while True:
+            wake.acquire()
+            job = self._job
+            if job is not None:
+                self._work(job)
+            with self._lock:
+                self._parked.append(wake)
+
+    def _work(self, job: _Job) -> None:
+        while True:
+            with self._lock:
+                index = job.claimed
+                if index == len(job.shares):
+                    return
+                job.claimed += 1
+                job.running += 1
+            try:
+                job.kernel(job.shares[index], *job.args)
+            except BaseException as error:  # re-raised in the calling thread
+                job.error = error
+            finally:
+                with self._lock:
+                    job.running -= 1
+                    finished = job.running == 0 and job.done is not None
+                if finished:
+                    job.done.release()
+
+    def run(self, kernel: Any, shares: list[np.ndarray], args: tuple) -> None:
+        """Run ``kernel(share, *args)`` on every share; return when all ran."""
+        if not self._busy.acquire(blocking=False):
+            # Another thread is stepping an optimizer: compute serially.
+            for share in shares:
+                kernel(share, *args)
+            return
+        try:
+            job = _Job(kernel, shares, args)
+            with self._lock:
+                self._job = job
+                count = min(len(self._parked), len(shares) - 1)
+                wake = self._parked[:count]
+                del self._parked[:count]
+            for helper in wake:
+                helper.release()
+            self._work(job)
+            with self._lock:
+                if job.running:
+                    job.done = threading.Lock()
+                    job.done.acquire()
+                done = job.done
+                self._job = None
+            if done is not None:
+                done.acquire()
+            if job.error is not None:
+                raise job.error
+        finally:
+            self._busy.release()
+
+
+_team: _Team | None = None
+
+
+def _forget_team() -> None:
+    """After ``fork`` the helper threads are gone; start new ones on demand."""
+    global _team
+    _team = None
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
+    os.register_at_fork(after_in_child=_forget_team)
 
 
-def _helpers(count: int) -> ThreadPoolExecutor:
-    global _pool
+def _helpers(count: int) -> _Team:
+    global _team
     with _lock:
-        if _pool is None or _pool._max_workers != count:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(count, thread_name_prefix="weightdecay")
-        return _pool
+        if _team is None or _team.size != count:
+            _team = _Team(count)
+        return _team
 
 
 def _launch(kernel: Any, shares: list[np.ndarray], *args: np.ndarray) -> None:
-    """Run ``kernel`` on each share of the chunks, the first in this thread.
+    """Run ``kernel`` on each share of the chunks, in parallel where several.
 
-    The other shares go to a pool of helper threads; the kernels release the
-    GIL, so the shares run in parallel.
+    A single share runs in the calling thread; more are spread over it and
+    ``torch.get_num_threads() - 1`` helper threads.
     """
-    first, *others = shares
-    if not others:
-        kernel(first, *args)
+    if len(shares) == 1:
+        kernel(shares[0], *args)
         return
-    pool = _helpers(len(others))
-    futures = [pool.submit(kernel, share, *args) for share in others]
-    kernel(first, *args)
-    for future in futures:
-        future.result()
+    _helpers(torch.get_num_threads() - 1).run(kernel, shares, args)
 
 
 class _Launch:
-    """The arrays a kernel call takes, allocated once for a set of rows."""
+    """The arrays a kernel call takes, allocated once for a set of rows.
 
-    def __init__(self, addresses: list[list[int]], numels: list[int], height: int):
-        self.numels = numels
+    Args:
+        addresses: one list of data addresses per row of the table
+            (parameter, gradient, state tensors); missing rows stay zero.
+        numels: the number of elements of each tensor.
+        height: the rows of the table that the kernel reads.
+        dtype: the tensors' dtype, in which the scalars are rounded.
+    """
+
+    def __init__(
+        self,
+        addresses: list[list[int]],
+        numels: list[int],
+        height: int,
+        dtype: torch.dtype,
+    ) -> None:
+        numpy_dtype = _NUMPY_DTYPES[dtype]
         self.table = np.zeros((height, len(numels)), dtype=np.int64)
         self.table[: len(addresses)] = addresses
         self.chunks = _chunk_table(numels)
         self._shares: tuple[int, list[np.ndarray]] = (0, [])
+        self.step_sizes = np.zeros(len(numels), dtype=numpy_dtype)
+        self.bias2_inverse = np.zeros(len(numels), dtype=numpy_dtype)
+        self.coefficients = np.zeros(6, dtype=numpy_dtype)
+        self.flags = np.zeros(5, dtype=np.int64)
 
     def shares(self) -> list[np.ndarray]:
         """The chunks split for torch's current number of threads."""
@@ -229,55 +344,63 @@ class _Launch:
             self._shares = (threads, _shares(self.chunks, threads))
         return self._shares[1]
 
+    def adam(
+        self,
+        kernel: Any,
+        steps: list[int],
+        lr: float,
+        beta1: float,
+        beta2: float,
+        eps: float,
+        l2: float,
+        decay: float,
+        amsgrad: bool,
+        maximize: bool,
+    ) -> None:
+        """Run the Adam kernel; ``steps`` are the tensors' counts after it.
 
-def _adam_scalars(
-    steps: Sequence[int],
-    dtype: torch.dtype,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    l2: float,
-    decay: float,
-    amsgrad: bool,
-    maximize: bool,
-) -> tuple[np.ndarray, ...]:
-    """Per tensor -lr / (1 - beta1^t) and 1 / sqrt(1 - beta2^t), then the
-    coefficients and flags, as the Adam kernel takes them."""
-    numpy_dtype = _NUMPY_DTYPES[dtype]
-    count = len(steps)
-    if steps.count(steps[0]) == count:
-        t = steps[0]
-        step_sizes = np.full(count, -lr / (1.0 - beta1**t), dtype=numpy_dtype)
-        bias2_inverse = np.full(count, 1.0 / math.sqrt(1.0 - beta2**t), numpy_dtype)
-    else:
-        corrections = {
-            t: (-lr / (1.0 - beta1**t), 1.0 / math.sqrt(1.0 - beta2**t))
-            for t in set(steps)
-        }
-        pairs = np.array([corrections[t] for t in steps], dtype=numpy_dtype)
-        step_sizes, bias2_inverse = pairs[:, 0].copy(), pairs[:, 1].copy()
-    coefficients = np.array(
-        [1.0 - beta1, beta2, 1.0 - beta2, eps, l2, 1.0 - decay], dtype=numpy_dtype
-    )
-    flags = np.array([amsgrad, maximize, l2 != 0.0, decay != 0.0], dtype=np.int64)
-    return step_sizes, bias2_inverse, coefficients, flags
+        Per tensor the step size is -lr / (1 - beta1^t) and the second bias
+        correction 1 / sqrt(1 - beta2^t), both in double precision and then
+        rounded to the tensors' dtype, as PyTorch rounds scalars.
+        """
+        if steps.count(steps[0]) == len(steps):
+            t = steps[0]
+            self.step_sizes.fill(-lr / (1.0 - beta1**t))
+            self.bias2_inverse.fill(1.0 / math.sqrt(1.0 - beta2**t))
+        else:
+            corrections = {
+                t: (-lr / (1.0 - beta1**t), 1.0 / math.sqrt(1.0 - beta2**t))
+                for t in set(steps)
+            }
+            pairs = np.array([corrections[t] for t in steps])
+            self.step_sizes[:] = pairs[:, 0]
+            self.bias2_inverse[:] = pairs[:, 1]
+        self.coefficients[:] = (1.0 - beta1, beta2, 1.0 - beta2, eps, l2, 1.0 - decay)
+        self.flags[:4] = (amsgrad, maximize, l2 != 0.0, decay != 0.0)
+        _launch(
+            kernel,
+            self.shares(),
+            self.table,
+            self.step_sizes,
+            self.bias2_inverse,
+            self.coefficients,
+            self.flags,
+        )
 
-
-def _sgd_scalars(
-    dtype: torch.dtype,
-    lr: float,
-    momentum: float,
-    l2: float,
-    decay: float,
-    nesterov: bool,
-    maximize: bool,
-) -> tuple[np.ndarray, np.ndarray]:
-    coefficients = np.array([lr, momentum, l2, 1.0 - decay], dtype=_NUMPY_DTYPES[dtype])
-    flags = np.array(
-        [momentum != 0.0, nesterov, maximize, l2 != 0.0, decay != 0.0], dtype=np.int64
-    )
-    return coefficients, flags
+    def sgd(
+        self,
+        kernel: Any,
+        lr: float,
+        momentum: float,
+        l2: float,
+        decay: float,
+        nesterov: bool,
+        maximize: bool,
+    ) -> None:
+        """Run the SGD kernel."""
+        self.coefficients[:4] = (lr, momentum, l2, 1.0 - decay)
+        self.flags[:] = (momentum != 0.0, nesterov, maximize, l2 != 0.0, decay != 0.0)
+        _launch(kernel, self.shares(), self.table, self.coefficients, self.flags)
 
 
 def _select(rows: list[bool], items: Sequence[Any], keep: bool) -> list[Any]:
@@ -344,7 +467,9 @@ class Plan:
         self.rest_states = [_select(rows, tensors, False) for tensors in states]
         kept = [_select(rows, row, True) for i, row in enumerate(addresses) if i != 1]
         kept.insert(1, [0] * len(self.grad_numels))
-        self.launch = _Launch(kept, self.grad_numels, height) if any(rows) else None
+        self.launch = (
+            _Launch(kept, self.grad_numels, height, self.dtype) if any(rows) else None
+        )
         # References to the memory behind every address in the table.
         self._storages = [
             t.untyped_storage()
@@ -456,13 +581,7 @@ class Plan:
             )
             steps = _select(self.rows, steps, True)
         if self.launch is not None:
-            scalars = _adam_scalars(steps, self.dtype, **options)
-            _launch(
-                _kernels_or_raise()["adam"],
-                self.launch.shares(),
-                self.launch.table,
-                *scalars,
-            )
+            self.launch.adam(_kernels_or_raise()["adam"], steps, **options)
 
     def sgd(
         self,
@@ -488,12 +607,7 @@ class Plan:
             buffers = self.rest_states[0] if self.rest_states else []
             _update.sgd_foreach(self.rest_params, rest_grads, buffers, **options)
         if self.launch is not None:
-            _launch(
-                _kernels_or_raise()["sgd"],
-                self.launch.shares(),
-                self.launch.table,
-                *_sgd_scalars(self.dtype, **options),
-            )
+            self.launch.sgd(_kernels_or_raise()["sgd"], **options)
 
 
 def _base_real(tensor: Tensor) -> Tensor:
@@ -550,9 +664,8 @@ def adam_kernel(
         steps = _select(rows, steps, True)
         numels = _select(rows, numels, True)
         addresses = [_select(rows, row, True) for row in addresses]
-    launch = _Launch(addresses, numels, ADAM_ROWS)
-    scalars = _adam_scalars(list(steps), params[0].dtype, **options)
-    _launch(kernel, launch.shares(), launch.table, *scalars)
+    launch = _Launch(addresses, numels, ADAM_ROWS, params[0].dtype)
+    launch.adam(kernel, list(steps), **options)
 
 
 def sgd_kernel(
@@ -593,6 +706,5 @@ def sgd_kernel(
             return
         numels = _select(rows, numels, True)
         addresses = [_select(rows, row, True) for row in addresses]
-    launch = _Launch(addresses, numels, SGD_ROWS)
-    scalars = _sgd_scalars(params[0].dtype, **options)
-    _launch(kernel, launch.shares(), launch.table, *scalars)
+    launch = _Launch(addresses, numels, SGD_ROWS, params[0].dtype)
+    launch.sgd(kernel, **options)
