@@ -166,21 +166,25 @@ def test_param_data_clone(cls):
 
 @needs_kernels
 @pytest.mark.parametrize("cls", ALL)
-def test_param_data_double_makes_group_mixed(cls):
+@pytest.mark.parametrize("index", [0, 1])
+def test_param_data_double_makes_group_mixed(cls, index):
     """One parameter turned float64 by ``.data = .double()`` (its state cast
     along, as a dtype change needs for Adam) makes the group mixed-dtype: the
-    float64 row leaves the kernel and both paths still agree."""
+    rows of the other dtype than the first parameter's leave the kernel (the
+    float64 one, or with ``index`` 0 all the float32 ones) and both paths
+    still agree."""
 
     def widen(optimizer, params, t):
-        params[1].data = params[1].data.double()
-        params[1].grad = params[1].grad.double()
-        state = optimizer.state[params[1]]
+        params[index].data = params[index].data.double()
+        params[index].grad = params[index].grad.double()
+        state = optimizer.state[params[index]]
         for key, value in list(state.items()):
             if isinstance(value, torch.Tensor):
                 state[key] = value.double()
 
     fast, fp, loop, lp = twins(cls, before=at(4, widen))
-    assert fp[1].dtype == torch.float64 and fp[0].dtype == torch.float32
+    assert fp[index].dtype == torch.float64
+    assert fp[1 - index].dtype == torch.float32
     assert_planned(fast)
     assert_same_run(fast, fp, loop, lp, TOL[torch.float32])
 
@@ -649,6 +653,27 @@ def test_float64_gradient_data_in_float32_parameter(cls):
     assert_same_run(fast, fp, loop, lp, TOL[torch.float32])
 
 
+@needs_kernels
+@pytest.mark.parametrize("cls", ALL)
+def test_sparse_gradient_after_a_plan(cls):
+    """A sparse gradient on a step after the plan exists raises the
+    optimizer's error, as on the loop, and updates no parameter."""
+    messages = []
+    for impl in (FAST, LOOP[cls]):
+        params = make_params()
+        optimizer = build(cls, params, impl)
+        drive(optimizer, params, range(1, 4))
+        set_grads(params, 4)
+        params[2].grad = params[2].grad.to_sparse()
+        before = [p.detach().clone() for p in params]
+        with pytest.raises(RuntimeError, match="sparse") as error:
+            optimizer.step()
+        for old, param in zip(before, params, strict=True):
+            assert torch.equal(old, param.detach())
+        messages.append(str(error.value))
+    assert messages[0] == messages[1]
+
+
 # 6. Parameters and gradients that are views of one flat buffer.
 
 
@@ -768,6 +793,61 @@ def test_plan_keeps_no_gradient_alive(cls):
     assert_planned(optimizer)
     optimizer.zero_grad(set_to_none=True)
     gc.collect()
+    assert [ref() for ref in refs] == [None] * len(refs)
+
+
+@needs_kernels
+@pytest.mark.xfail(
+    strict=True,
+    reason="ScheduledOptimizer keeps a plan per group id and drops it only "
+    "when a rebuild for the same group fails: the plan of a removed group "
+    "keeps its parameters and state tensors alive",
+)
+@pytest.mark.parametrize("cls", [AdamW, SGDW])
+def test_removed_group_is_released(cls):
+    """A group removed from ``param_groups``, with its state deleted, is no
+    longer referenced by the optimizer after the next step."""
+    params = make_params()
+    optimizer = build(cls, [{"params": params[:2]}, {"params": params[2:]}], FAST)
+    drive(optimizer, params, range(1, 3))
+    removed = params.pop()
+    refs = [weakref.ref(removed)]
+    refs += [weakref.ref(optimizer.state[removed][k]) for k in state_keys(cls)]
+    del optimizer.param_groups[1]
+    for param in params[2:]:
+        del optimizer.state[param]
+    del optimizer.state[removed], removed
+    drive(optimizer, params[:2], range(3, 4))
+    gc.collect()
+    assert [ref() for ref in refs] == [None] * len(refs)
+
+
+@needs_kernels
+@pytest.mark.xfail(
+    strict=True,
+    reason="ScheduledOptimizer keeps a plan per group id: a group dict "
+    "replaced by a copy leaves the old plan in place, so plans (and the "
+    "state tensors they hold) accumulate",
+)
+@pytest.mark.parametrize("cls", [AdamW, SGDW])
+def test_replaced_group_dict_is_released(cls):
+    """A group dict replaced by a copy at every step, with the state of one
+    parameter restarted each time, leaves none of the old state tensors
+    referenced."""
+    params = make_params()
+    optimizer = build(cls, params, FAST)
+    refs = []
+
+    def replace(optimizer, params, t):
+        if params[0] in optimizer.state:
+            state = optimizer.state[params[0]]
+            refs.extend(weakref.ref(state[key]) for key in state_keys(cls))
+            del optimizer.state[params[0]]
+        optimizer.param_groups[0] = dict(optimizer.param_groups[0])
+
+    drive(optimizer, params, range(1, 6), before=replace)
+    gc.collect()
+    assert len(refs) == 4 * len(state_keys(cls))
     assert [ref() for ref in refs] == [None] * len(refs)
 
 
