@@ -546,6 +546,24 @@ def test_hyperparameters_changed_under_a_kept_plan(cls):
     assert_same_run(fast, fp, loop, lp, TOL[torch.float32])
 
 
+@needs_kernels
+@pytest.mark.parametrize("cls", [AdamW, SGDW])
+def test_zero_lr_steps_with_constant_decay(cls):
+    """Steps at ``lr == 0`` with ``decay_scaling="none"`` (decay but no
+    gradient step, which PyTorch's fused kernels cannot express) under a
+    kept plan decay the weights exactly as the loop does."""
+
+    def pause(optimizer, params, t):
+        if t in (3, 4, 7):
+            optimizer.param_groups[0]["lr"] = 0.0
+
+    fast, fp, loop, lp = twins(
+        cls, before=pause, weight_decay=1e-3, decay_scaling="none"
+    )
+    assert_planned(fast)
+    assert_same_run(fast, fp, loop, lp, TOL[torch.float32])
+
+
 # 5. Gradients.
 
 
@@ -571,17 +589,19 @@ def test_autograd_with_zero_grad(cls, set_to_none):
 @pytest.mark.parametrize("cls", ALL)
 def test_gradients_alternate_none(cls):
     """Parameters whose gradient is None on alternating steps (in a pattern
-    that changes which subset is present every step) are skipped, not
-    decayed, and keep their state. All parameters have the same number of
-    elements, so a plan that paired gradients with the wrong parameters
-    would pass every size check."""
+    that changes which subset is present every step, with one step where
+    none has a gradient) are skipped, not decayed, and keep their state.
+    All parameters have the same number of elements, so a plan that paired
+    gradients with the wrong parameters would pass every size check."""
 
     def none(t: int, i: int) -> bool:
-        return (t + i) % 2 == 0 or (t % 3 == 0 and i == 3)
+        return (t + i) % 2 == 0 or (t % 3 == 0 and i == 3) or t == 5
 
     shapes = [(4, 4), (16,), (2, 8), (4, 4)]
     fast, fp, loop, lp = twins(cls, steps=range(1, 10), none=none, shapes=shapes)
-    assert fast.state[fp[0]]["step"] != fast.state[fp[1]]["step"]
+    counts = [sum(not none(t, i) for t in range(1, 10)) for i in range(4)]
+    assert [fast.state[p]["step"] for p in fp] == counts
+    assert len(set(counts)) > 1
     assert_planned(fast)
     assert_same_run(fast, fp, loop, lp, TOL[torch.float32])
 
