@@ -11,7 +11,10 @@ from __future__ import annotations
 import copy
 import io
 import math
+import multiprocessing
+import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -458,3 +461,113 @@ def test_fused_with_strided_param_matches_loop(amsgrad):
         )
         results.append((optimizer, params))
     assert_same_run(*results[0], *results[1], TOL[torch.float32])
+
+
+def test_team_runs_every_share_once_and_in_parallel_threads():
+    """Each share runs exactly once, whichever thread claims it."""
+    team = _kernels._Team(3)
+    seen: list[tuple[int, str]] = []
+    lock = threading.Lock()
+
+    def kernel(share, scale):
+        with lock:
+            seen.append((int(share[0]) * scale, threading.current_thread().name))
+
+    for _ in range(50):
+        seen.clear()
+        team.run(kernel, [np.array([i]) for i in range(7)], (10,))
+        assert sorted(value for value, _ in seen) == [10 * i for i in range(7)]
+
+
+def test_team_reraises_a_share_error_and_stays_usable():
+    """An exception in any share reaches the caller; the next call works."""
+    team = _kernels._Team(1)
+
+    def kernel(share):
+        if int(share[0]) == 3:
+            raise ValueError("share 3 failed")
+
+    for _ in range(5):
+        with pytest.raises(ValueError, match="share 3 failed"):
+            team.run(kernel, [np.array([i]) for i in range(4)], ())
+    done = []
+    team.run(lambda share: done.append(int(share[0])), [np.array([0])] * 2, ())
+    assert done == [0, 0]
+
+
+@needs_kernels
+def test_concurrent_steps_from_two_threads_match_loop():
+    """Two optimizers stepped at once from two threads: both stay exact.
+
+    The second caller finds the helper threads busy and computes serially.
+    """
+    shapes = [(700, 500)]  # above the serial threshold: the team is used
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        pairs = []
+        for cls in (AdamW, SGDW):
+            fast_params = make_params(torch.float32, shapes)
+            fast = cls(fast_params, lr=0.01, weight_decay=1e-3)
+            pairs.append((cls, fast, fast_params))
+
+        def drive(optimizer, params):
+            for t in range(1, 6):
+                set_grads(params, t)
+                optimizer.step()
+
+        workers = [
+            threading.Thread(target=drive, args=(opt, ps)) for _, opt, ps in pairs
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        for cls, fast, fast_params in pairs:
+            loop_params = make_params(torch.float32, shapes)
+            loop = cls(loop_params, lr=0.01, weight_decay=1e-3, foreach=False)
+            drive(loop, loop_params)
+            assert_same_run(fast, fast_params, loop, loop_params, TOL[torch.float32])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _step_in_child(queue) -> None:
+    # PyTorch's own OpenMP pool hangs in a forked child once the parent has
+    # used it, so tensors are made on one thread; the kernel steps on two.
+    torch.set_num_threads(1)
+    params = make_params(torch.float32, [(700, 500)])
+    optimizer = AdamW(params, lr=0.01, weight_decay=1e-3)
+    set_grads(params, 1)
+    optimizer.step()
+    inherited = _kernels._team
+    set_grads(params, 2)
+    torch.set_num_threads(2)
+    optimizer.step()
+    torch.set_num_threads(1)
+    queue.put((inherited is None, params[0].detach().sum().item()))
+
+
+@needs_kernels
+def test_kernel_steps_in_a_forked_child_after_the_parent_used_threads():
+    """A child forked after a parallel step starts helper threads of its own."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        params = make_params(torch.float32, [(700, 500)])
+        optimizer = AdamW(params, lr=0.01, weight_decay=1e-3)
+        for t in (1, 2):
+            set_grads(params, t)
+            optimizer.step()
+        assert _kernels._team is not None  # the parent's helper threads
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        child = context.Process(target=_step_in_child, args=(queue,))
+        child.start()
+        forgot, child_sum = queue.get(timeout=120)
+        child.join(timeout=60)
+    finally:
+        torch.set_num_threads(threads)
+    assert child.exitcode == 0
+    assert forgot
+    assert child_sum == pytest.approx(params[0].detach().sum().item(), rel=1e-6)
