@@ -15,7 +15,10 @@ import gc
 import io
 import math
 import os
+import signal
 import threading
+import time
+import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -1090,22 +1093,37 @@ def resized_state_error() -> float:
 
 def in_child(function: Callable[[], float]) -> tuple[int, float | None]:
     """Run ``function`` in a forked child, which a stale address may crash;
-    the child's exit code (negative: the signal) and its result."""
+    the child's exit code (negative: the signal) and its result.
+
+    The child computes on one thread: an OpenMP team of the parent's does
+    not survive ``fork``. A child still running after a minute is killed and
+    ``TimeoutError`` raised.
+    """
     read, write = os.pipe()
-    pid = os.fork()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+        pid = os.fork()
     if pid == 0:  # the child never returns into pytest
         code = 1
         try:
             os.close(read)
+            torch.set_num_threads(1)
             os.write(write, repr(function()).encode())
             code = 0
         finally:
             os._exit(code)
     os.close(write)
+    deadline = time.monotonic() + 60
+    while (waited := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(read)
+            raise TimeoutError("the forked child did not finish within 60 s")
+        time.sleep(0.01)
     with os.fdopen(read) as pipe:
         text = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), float(text) if text else None
+    return os.waitstatus_to_exitcode(waited[1]), float(text) if text else None
 
 
 @needs_kernels
@@ -1117,6 +1135,7 @@ def in_child(function: Callable[[], float]) -> tuple[int, float | None]:
     "freed and reallocated in place (untyped_storage().resize_(0), then back) "
     "leaves the kernel writing through the freed address (the process "
     "segfaults)",
+    raises=AssertionError,
 )
 def test_state_storage_resized_in_place():
     """A state tensor whose storage is freed and reallocated in place is read
