@@ -141,11 +141,20 @@ class ScheduledOptimizer(torch.optim.Optimizer):
     ) -> tuple[_kernels.Plan, list[Tensor]] | None:
         """The group's kernel plan and the gradients it leaves to ``foreach``,
         where the plan of an earlier step still describes the group."""
-        plan = self.__dict__.get("_plans", {}).get(id(group))
-        if plan is None or plan.group is not group or plan.keys != keys:
+        plans = self.__dict__.get("_plans", {})
+        plan = plans.get(id(group))
+        if (
+            plan is None
+            or plan.group is not group
+            or plan.keys != keys
+            or len(plans) > len(self.param_groups)
+        ):
             return None
         rest = plan.refresh(group, self.state)
-        return None if rest is None else (plan, rest)
+        if rest is None:
+            del plans[id(group)]  # the step rebuilds it if the kernels apply
+            return None
+        return plan, rest
 
     def _new_plan(
         self, group: dict[str, Any], keys: tuple[str, ...], height: int
@@ -155,6 +164,10 @@ class ScheduledOptimizer(torch.optim.Optimizer):
         The state of every parameter with a gradient must exist already.
         """
         plans = self.__dict__.setdefault("_plans", {})
+        # Forget the plans of groups that have left param_groups.
+        current = {id(g) for g in self.param_groups}
+        for stale in [key for key in plans if key not in current]:
+            del plans[stale]
         plan = _kernels.Plan(group, self.state, keys, height)
         rest = plan.refresh(group, self.state)
         if rest is None:

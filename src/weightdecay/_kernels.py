@@ -416,17 +416,18 @@ class Plan:
     :meth:`refresh`, which confirms in a few attribute reads per tensor that
     the group still holds the same tensors and takes this step's gradients,
     or returns None, and the optimizer builds a new plan, when anything
-    changed: the parameter list, which parameters have a gradient, a
-    parameter's storage (``param.data = ...``), the state dict of a parameter
-    or one of its state tensors (``load_state_dict``), the group's
-    ``foreach``/``fused`` flags, or a gradient's layout, dtype or size.
+    changed: a parameter of the group, which parameters have a gradient, the
+    data address of a parameter or state tensor (``tensor.data = ...``), the
+    state dict of a parameter or one of its state tensors
+    (``load_state_dict``), the group's ``foreach``/``fused`` flags, or a
+    gradient's device, layout, dtype or size.
 
     The plan holds the storages of the parameters and state tensors it hands
     to the kernels, so their addresses stay valid memory for as long as it
     exists. It never keeps a gradient: gradients are inspected at each step.
-    A tensor changed in place behind its own Python object (``set_``,
-    ``as_strided_`` on a parameter or state tensor that keeps its data
-    address) is not detected.
+    A state tensor whose shape or strides change in place while it keeps its
+    data address (``as_strided_``, ``resize_`` to fewer elements) is not
+    detected; a parameter's are.
 
     Args:
         group: the parameter group.
@@ -444,13 +445,16 @@ class Plan:
         height: int,
     ) -> None:
         self.group = group
-        self.group_params = group["params"]
+        self.group_params = list(group["params"])
         self.count = len(self.group_params)
         self.present = [p.grad is not None for p in self.group_params]
         self.originals = [p for p in self.group_params if p.grad is not None]
         self.keys = keys
         self.dicts = [state[p] for p in self.originals]
         self.state_tensors = [[d[key] for d in self.dicts] for key in keys]
+        self.state_addresses = [
+            [t.data_ptr() for t in tensors] for tensors in self.state_tensors
+        ]
         self.param_addresses = [p.data_ptr() for p in self.originals]
         self.complex = [p.is_complex() for p in self.originals]
         self.any_complex = any(self.complex)
@@ -463,6 +467,7 @@ class Plan:
         self.rows = rows
         self.all_rows = all(rows)
         self.grad_numels = _select(rows, numels, True)
+        self.kernel_params = _select(rows, params, True)
         self.rest_params = _select(rows, params, False)
         self.rest_states = [_select(rows, tensors, False) for tensors in states]
         kept = [_select(rows, row, True) for i, row in enumerate(addresses) if i != 1]
@@ -497,10 +502,10 @@ class Plan:
         """
         params = group["params"]
         if (
-            params is not self.group_params
-            or len(params) != self.count
+            len(params) != self.count
             or group.get("foreach") is not None
             or group.get("fused") is not None
+            or not all(map(operator.is_, params, self.group_params))
         ):
             return None
         grads = [p.grad for p in params]
@@ -510,11 +515,19 @@ class Plan:
             grads = [g for g in grads if g is not None]
         if [p.data_ptr() for p in self.originals] != self.param_addresses:
             return None
+        for param, numel in zip(self.kernel_params, self.grad_numels, strict=True):
+            if param.numel() != numel or not param.is_contiguous():
+                return None
         dicts = [state.get(p) for p in self.originals]
         if not all(map(operator.is_, dicts, self.dicts)):
             return None
-        for key, tensors in zip(self.keys, self.state_tensors, strict=True):
-            if not all(map(operator.is_, [d.get(key) for d in dicts], tensors)):
+        for key, tensors, addresses in zip(
+            self.keys, self.state_tensors, self.state_addresses, strict=True
+        ):
+            current = [d.get(key) for d in dicts]
+            if not all(map(operator.is_, current, tensors)):
+                return None
+            if [t.data_ptr() for t in tensors] != addresses:
                 return None
         grads = self._real(grads)
         kernel_grads = grads if self.all_rows else _select(self.rows, grads, True)
