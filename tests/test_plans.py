@@ -335,12 +335,6 @@ def test_replace_state_dict_keeping_tensors(cls):
 
 
 @needs_kernels
-@pytest.mark.xfail(
-    strict=True,
-    reason="Plan.refresh compares state tensors by identity only: a state "
-    "tensor given new memory in place (state['exp_avg'].data = t) keeps its "
-    "Python object, so the plan keeps updating the old storage",
-)
 @pytest.mark.parametrize("cls", [AdamW, SGDW])
 def test_state_tensor_data_swap(cls):
     """A state tensor whose ``.data`` is replaced is read from its new memory."""
@@ -820,12 +814,6 @@ def test_plan_keeps_no_gradient_alive(cls):
 
 
 @needs_kernels
-@pytest.mark.xfail(
-    strict=True,
-    reason="ScheduledOptimizer keeps a plan per group id and drops it only "
-    "when a rebuild for the same group fails: the plan of a removed group "
-    "keeps its parameters and state tensors alive",
-)
 @pytest.mark.parametrize("cls", [AdamW, SGDW])
 def test_removed_group_is_released(cls):
     """A group removed from ``param_groups``, with its state deleted, is no
@@ -846,12 +834,6 @@ def test_removed_group_is_released(cls):
 
 
 @needs_kernels
-@pytest.mark.xfail(
-    strict=True,
-    reason="ScheduledOptimizer keeps a plan per group id: a group dict "
-    "replaced by a copy leaves the old plan in place, so plans (and the "
-    "state tensors they hold) accumulate",
-)
 @pytest.mark.parametrize("cls", [AdamW, SGDW])
 def test_replaced_group_dict_is_released(cls):
     """A group dict replaced by a copy at every step, with the state of one
@@ -988,17 +970,11 @@ def test_two_threads_step_their_own_optimizers(cls):
         assert_same_run(fast, fp, loop, lp, TOL[torch.float32])
 
 
-# Known shortcomings: changes that the cheap check does not see.
+# Changes behind the group's and the state's own objects, which the cheap
+# check must still see.
 
 
 @needs_kernels
-@pytest.mark.xfail(
-    strict=True,
-    reason="Plan.refresh checks that group['params'] is the same list object "
-    "of the same length, then reads gradients from the list but updates the "
-    "parameters recorded at planning: two parameters swapped in place in "
-    "the list get each other's gradients",
-)
 @pytest.mark.parametrize("cls", [AdamW, SGDW])
 def test_params_swapped_in_place_in_group_list(cls):
     """Two same-shape parameters swapped inside ``group["params"]`` are each
@@ -1022,12 +998,6 @@ def test_params_swapped_in_place_in_group_list(cls):
 
 
 @needs_kernels
-@pytest.mark.xfail(
-    strict=True,
-    reason="Plan.refresh does not see a parameter replaced inside the same "
-    "group['params'] list: it keeps updating the old parameter's memory with "
-    "the new parameter's gradient",
-)
 @pytest.mark.parametrize("cls", [AdamW, SGDW])
 def test_param_replaced_in_place_in_group_list(cls):
     """A parameter replaced inside ``group["params"]`` by a new one is the one
@@ -1049,12 +1019,6 @@ def test_param_replaced_in_place_in_group_list(cls):
 
 
 @needs_kernels
-@pytest.mark.xfail(
-    strict=True,
-    reason="Plan.refresh checks a parameter's data_ptr but not its layout: "
-    "p.data = p.data.t() keeps the address, and the kernel keeps walking the "
-    "memory in the old order against the gradient's index order",
-)
 @pytest.mark.parametrize("cls", [AdamW, SGDW])
 def test_param_data_transposed_view(cls):
     """A square parameter re-pointed at its own transpose (same storage, now
@@ -1128,15 +1092,6 @@ def in_child(function: Callable[[], float]) -> tuple[int, float | None]:
 
 @needs_kernels
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-@pytest.mark.xfail(
-    strict=True,
-    reason="Plan.refresh checks state tensors by identity, not address, and "
-    "the storages it keeps do not pin memory: a state tensor whose storage is "
-    "freed and reallocated in place (untyped_storage().resize_(0), then back) "
-    "leaves the kernel writing through the freed address (the process "
-    "segfaults)",
-    raises=AssertionError,
-)
 def test_state_storage_resized_in_place():
     """A state tensor whose storage is freed and reallocated in place is read
     and written at its new address, as the loop does. Runs in a forked
