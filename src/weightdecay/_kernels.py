@@ -422,9 +422,12 @@ class Plan:
     (``load_state_dict``), the group's ``foreach``/``fused`` flags, or a
     gradient's device, layout, dtype or size.
 
-    The plan holds the storages of the parameters and state tensors it hands
-    to the kernels, so their addresses stay valid memory for as long as it
-    exists. It never keeps a gradient: gradients are inspected at each step.
+    Every address handed to the kernels is read from its tensor at that
+    step and compared with the plan's, so a storage that was freed or moved
+    (``untyped_storage().resize_``) is never written through. The plan
+    holds references to the parameters and state tensors it inspected, so
+    a matching address cannot belong to another tensor's memory. It never
+    keeps a gradient: gradients are inspected at each step.
     A state tensor whose shape or strides change in place while it keeps its
     data address (``as_strided_``, ``resize_`` to fewer elements) is not
     detected; a parameter's are.
@@ -475,13 +478,6 @@ class Plan:
         self.launch = (
             _Launch(kept, self.grad_numels, height, self.dtype) if any(rows) else None
         )
-        # References to the memory behind every address in the table.
-        self._storages = [
-            t.untyped_storage()
-            for tensors in (params, *states)
-            for t, ok in zip(tensors, rows, strict=True)
-            if ok
-        ]
 
     def _real(self, tensors: list[Tensor]) -> list[Tensor]:
         if not self.any_complex:
