@@ -171,23 +171,32 @@ def split(total: int, count: int) -> list[int]:
     return [base + (i < extra) for i in range(count)]
 
 
-def time_steps(step: Callable[[], object], seconds: float, repeats: int) -> float:
-    """Median seconds of ``step`` after one warm-up step (which creates state).
+def time_interleaved(
+    steps: list[Callable[[], object]], seconds: float, repeats: int
+) -> list[float]:
+    """Median seconds of each step, the steps taken in turn.
 
-    As many steps as fit in ``seconds`` (at most ``repeats``) are timed, at
-    least three, or two for steps slower than a second.
+    One warm-up step each (which creates state), then rounds in which every
+    step runs once, so that all of them see the same moments of a shared
+    machine and their ratios do not depend on when each was timed. As many
+    rounds as fit in ``seconds`` per step (at most ``repeats``) are timed, at
+    least three, or two when a round takes longer than a second per step.
     """
-    start = time.perf_counter()
-    step()
-    first = time.perf_counter() - start
-    least = 3 if first < 1.0 else 2
-    count = max(least, min(repeats, int(seconds / max(first, 1e-9))))
-    times = []
-    for _ in range(count):
+    firsts = []
+    for step in steps:
         start = time.perf_counter()
         step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        firsts.append(time.perf_counter() - start)
+    per_round = max(sum(firsts), 1e-9)
+    least = 3 if per_round < len(steps) else 2
+    rounds = max(least, min(repeats, int(seconds * len(steps) / per_round)))
+    times: list[list[float]] = [[] for _ in steps]
+    for _ in range(rounds):
+        for step, record in zip(steps, times, strict=True):
+            start = time.perf_counter()
+            step()
+            record.append(time.perf_counter() - start)
+    return [statistics.median(record) for record in times]
 
 
 class _AllocationMeter(TorchDispatchMode):
@@ -235,25 +244,43 @@ def extra_memory(step: Callable[[], object]) -> int:
     return meter.peak + heap_peak
 
 
+# Families timed together: each is compared with the torch baseline in it.
+TIMED_TOGETHER = (("adamw",), ("adam",), ("sgdw", "sgd"))
+
+
 def measure(
     size: int, count: int, chosen: list[Variant], args: argparse.Namespace
 ) -> dict[tuple[str, str], tuple[float, int]]:
-    """Step time and extra memory of each variant on one model shape."""
+    """Step time and extra memory of each variant on one model shape.
+
+    The variants of each of ``TIMED_TOGETHER`` live at once and are timed in
+    turn (see :func:`time_interleaved`); the families follow one another to
+    bound the memory held at once.
+    """
     generator = torch.Generator().manual_seed(size + count)
     params = [torch.randn(n, generator=generator) for n in split(size, count)]
     params = [torch.nn.Parameter(p) for p in params]
     for param in params:
         param.grad = torch.randn(param.shape, generator=generator) * 1e-2
     results = {}
-    for variant in chosen:
-        if variant.name == "loop" and size > args.loop_max_size:
+    for families in TIMED_TOGETHER:
+        batch = [
+            variant
+            for variant in chosen
+            if variant.family in families
+            and not (variant.name == "loop" and size > args.loop_max_size)
+        ]
+        if not batch:
             continue
-        optimizer = variant.make(params)
-        seconds = time_steps(optimizer.step, args.seconds, args.repeats)
-        metered = args.memory and size <= args.memory_max_size
-        memory = extra_memory(optimizer.step) if metered else -1
-        results[(variant.family, variant.name)] = (seconds, memory)
-        del optimizer
+        optimizers = [variant.make(params) for variant in batch]
+        times = time_interleaved(
+            [optimizer.step for optimizer in optimizers], args.seconds, args.repeats
+        )
+        for variant, optimizer, seconds in zip(batch, optimizers, times, strict=True):
+            metered = args.memory and size <= args.memory_max_size
+            memory = extra_memory(optimizer.step) if metered else -1
+            results[(variant.family, variant.name)] = (seconds, memory)
+        del optimizers
         gc.collect()
     del params
     gc.collect()
