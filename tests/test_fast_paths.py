@@ -12,6 +12,7 @@ import copy
 import io
 import math
 import multiprocessing
+import sys
 import threading
 
 import numpy as np
@@ -141,9 +142,20 @@ def test_sgd_kernel_matches_loop(cls, momentum, nesterov, maximize, wd, dtype):
     assert_same_run(fast, fast_params, loop, loop_params, TOL[dtype])
 
 
+@pytest.fixture(params=["openmp", "team"])
+def parallel_runner(request, monkeypatch):
+    """Large steps on PyTorch's OpenMP threads, or on the helper team."""
+    if request.param == "openmp":
+        if _kernels._openmp() is None:
+            pytest.skip("PyTorch's OpenMP runtime was not found here")
+    else:
+        monkeypatch.setattr(_kernels, "_openmp_state", [None])
+    return request.param
+
+
 @needs_kernels
 @pytest.mark.parametrize("cls", [AdamW, SGDW])
-def test_parallel_kernel_matches_loop(cls):
+def test_parallel_kernel_matches_loop(cls, parallel_runner):
     """Large steps run on two threads in chunks; the result does not change."""
     shapes = [(3,), (700, 500), (70_001,)]  # above the serial threshold
     threads = torch.get_num_threads()
@@ -496,7 +508,7 @@ def test_team_reraises_a_share_error_and_stays_usable():
 
 
 @needs_kernels
-def test_concurrent_steps_from_two_threads_match_loop():
+def test_concurrent_steps_from_two_threads_match_loop(parallel_runner):
     """Two optimizers stepped at once from two threads: both stay exact.
 
     The second caller finds the helper threads busy and computes serially.
@@ -542,8 +554,13 @@ def _step_in_child(optimizer, params, queue) -> None:
 
 
 @needs_kernels
-def test_kernel_steps_in_a_forked_child_after_the_parent_used_threads():
-    """A child forked after a parallel step starts helper threads of its own."""
+def test_kernel_steps_in_a_forked_child_after_the_parent_used_threads(monkeypatch):
+    """A child forked after a parallel step starts helper threads of its own.
+
+    (The helper team is the parallel runner where PyTorch's OpenMP runtime
+    is not found; the OpenMP runtime itself is not fork-safe.)
+    """
+    monkeypatch.setattr(_kernels, "_openmp_state", [None])
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -566,3 +583,19 @@ def test_kernel_steps_in_a_forked_child_after_the_parent_used_threads():
     assert child.exitcode == 0
     assert forgot
     assert child_sum == pytest.approx(params[0].detach().sum().item(), rel=1e-6)
+
+
+@needs_kernels
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="found through /proc/self/maps"
+)
+def test_openmp_runtime_is_pytorchs_own():
+    """On Linux the kernels find the OpenMP runtime that PyTorch loaded."""
+    openmp = _kernels._openmp()
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        assert openmp is None
+        return
+    assert openmp is not None
+    with open("/proc/self/maps") as maps:
+        loaded = {line.split()[-1] for line in maps if "libgomp" in line}
+    assert len(loaded) == 1  # no second copy beside PyTorch's

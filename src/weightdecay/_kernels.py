@@ -29,6 +29,8 @@ inverse); results agree with the loop to rounding.
 
 from __future__ import annotations
 
+import ctypes
+import itertools
 import logging
 import math
 import operator
@@ -59,6 +61,10 @@ _PARALLEL_MIN = 1 << 18
 # Elements per parallel work item: 256 KiB of float32 per stream keeps a
 # chunk's seven streams within a core's L2 while amortizing scheduling.
 _CHUNK = 1 << 16
+
+# Words of the header that a kernel run on PyTorch's OpenMP team reads
+# (``_numba_kernels.HEADER_WORDS``).
+_HEADER_WORDS = 13
 
 # Rows of the address table: parameter, gradient, then the state tensors.
 ADAM_ROWS = 5  # exp_avg, exp_avg_sq, max_exp_avg_sq
@@ -138,6 +144,7 @@ def _load() -> dict[str, Any] | None:
             _compiled = {
                 "adam": _numba_kernels.adam_chunks,
                 "sgd": _numba_kernels.sgd_chunks,
+                "team_entry": _numba_kernels.team_entry,
             }
     return _compiled
 
@@ -159,20 +166,81 @@ def _chunk_table(numels: Sequence[int]) -> np.ndarray:
     return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
 
-def _shares(chunks: np.ndarray, threads: int) -> list[np.ndarray]:
-    """Split the chunk table into runs of about equal elements for ``threads``.
+def _bounds(chunks: np.ndarray, threads: int) -> np.ndarray:
+    """Cut the chunk table into runs of about equal elements for ``threads``.
 
-    Two runs per thread, so that the calling thread can take over the share
-    of a helper that is slow to wake (see :class:`_Team`); one run where the
-    step is too small to be worth a thread.
+    Returns the int64 run boundaries (first chunk of each run, then the
+    number of chunks). Two runs per thread, so that the calling thread can
+    take over the share of a helper that is slow to wake (see
+    :class:`_Team`); one run where the step is too small to be worth a
+    thread.
     """
     elements = int((chunks[:, 2] - chunks[:, 1]).sum()) if len(chunks) else 0
     parts = min(2 * threads, len(chunks))
     if threads <= 1 or parts <= 1 or elements < _PARALLEL_MIN:
-        return [chunks]
+        return np.array([0, len(chunks)], dtype=np.int64)
     done = np.cumsum(chunks[:, 2] - chunks[:, 1])
     cuts = np.searchsorted(done, done[-1] * np.arange(1, parts) / parts)
-    return [share for share in np.split(chunks, cuts) if len(share)]
+    return np.unique(np.concatenate([[0], cuts, [len(chunks)]])).astype(np.int64)
+
+
+class _OpenMP:
+    """PyTorch's OpenMP runtime, to run a kernel on PyTorch's own threads.
+
+    PyTorch's OpenMP worker threads keep spinning for several milliseconds
+    after each parallel region, waiting for the next one; a thread of ours
+    started on the same core then gets a fraction of it, which is what an
+    optimizer step that follows a backward pass would meet. Handing the
+    kernel to ``GOMP_parallel`` of the runtime that PyTorch loaded makes
+    those threads compute it. Found on Linux through ``/proc/self/maps``;
+    elsewhere, or where PyTorch's parallel backend is not OpenMP, the
+    kernels use :class:`_Team`.
+    """
+
+    def __init__(self, library: str) -> None:
+        runtime = ctypes.CDLL(library)  # the copy already loaded
+        self.parallel = runtime.GOMP_parallel
+        self.parallel.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_uint,
+            ctypes.c_uint,
+        ]
+        self.parallel.restype = None
+        self.thread_num = ctypes.cast(runtime.omp_get_thread_num, ctypes.c_void_p)
+        self.num_threads = ctypes.cast(runtime.omp_get_num_threads, ctypes.c_void_p)
+
+    @staticmethod
+    def find() -> _OpenMP | None:
+        """The runtime PyTorch's parallel kernels run on, or None."""
+        if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+            return None
+        try:
+            with open("/proc/self/maps") as maps:
+                paths = {line.split()[-1] for line in maps if "libgomp" in line}
+        except OSError:
+            return None
+        torch_dir = os.path.dirname(torch.__file__)
+        ours = sorted(path for path in paths if path.startswith(torch_dir))
+        candidates = ours or sorted(paths)
+        if len(candidates) != 1:
+            return None
+        try:
+            return _OpenMP(candidates[0])
+        except (OSError, AttributeError) as error:
+            logger.info("PyTorch's OpenMP runtime not usable (%s)", error)
+            return None
+
+
+_openmp_state: list[_OpenMP | None] = []
+
+
+def _openmp() -> _OpenMP | None:
+    if not _openmp_state:
+        with _lock:
+            if not _openmp_state:
+                _openmp_state.append(_OpenMP.find())
+    return _openmp_state[0]
 
 
 class _Job:
@@ -297,18 +365,6 @@ def _helpers(count: int) -> _Team:
         return _team
 
 
-def _launch(kernel: Any, shares: list[np.ndarray], *args: np.ndarray) -> None:
-    """Run ``kernel`` on each share of the chunks, in parallel where several.
-
-    A single share runs in the calling thread; more are spread over it and
-    ``torch.get_num_threads() - 1`` helper threads.
-    """
-    if len(shares) == 1:
-        kernel(shares[0], *args)
-        return
-    _helpers(torch.get_num_threads() - 1).run(kernel, shares, args)
-
-
 class _Launch:
     """The arrays a kernel call takes, allocated once for a set of rows.
 
@@ -331,22 +387,62 @@ class _Launch:
         self.table = np.zeros((height, len(numels)), dtype=np.int64)
         self.table[: len(addresses)] = addresses
         self.chunks = _chunk_table(numels)
-        self._shares: tuple[int, list[np.ndarray]] = (0, [])
+        self.numpy_dtype = numpy_dtype
         self.step_sizes = np.zeros(len(numels), dtype=numpy_dtype)
         self.bias2_inverse = np.zeros(len(numels), dtype=numpy_dtype)
         self.coefficients = np.zeros(6, dtype=numpy_dtype)
         self.flags = np.zeros(5, dtype=np.int64)
+        self._split: tuple[int, np.ndarray, list[np.ndarray], np.ndarray] | None
+        self._split = None
 
-    def shares(self) -> list[np.ndarray]:
-        """The chunks split for torch's current number of threads."""
+    def _runs(self, threads: int) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+        """Run bounds, the runs, and the header for PyTorch's OpenMP team."""
+        if self._split is None or self._split[0] != threads:
+            bounds = _bounds(self.chunks, threads)
+            runs = [self.chunks[a:b] for a, b in itertools.pairwise(bounds)]
+            openmp = _openmp() if len(runs) > 1 else None
+            header = np.zeros(_HEADER_WORDS, dtype=np.int64)
+            if openmp is not None:
+                header[:] = (
+                    openmp.thread_num.value,
+                    openmp.num_threads.value,
+                    self.chunks.ctypes.data,
+                    len(self.chunks),
+                    self.table.ctypes.data,
+                    self.table.shape[0],
+                    self.table.shape[1],
+                    self.step_sizes.ctypes.data,
+                    self.bias2_inverse.ctypes.data,
+                    self.coefficients.ctypes.data,
+                    self.flags.ctypes.data,
+                    bounds.ctypes.data,
+                    len(runs),
+                )
+            self._split = (threads, bounds, runs, header)
+        return self._split[1:]
+
+    def run(self, kind: str, *args: np.ndarray) -> None:
+        """Run the ``kind`` kernel ("adam" or "sgd") over every chunk.
+
+        Small steps run in the calling thread; larger ones on PyTorch's
+        OpenMP threads where found (:class:`_OpenMP`), else on the calling
+        thread and helper threads (:class:`_Team`).
+        """
         threads = torch.get_num_threads()
-        if self._shares[0] != threads:
-            self._shares = (threads, _shares(self.chunks, threads))
-        return self._shares[1]
+        _, runs, header = self._runs(threads)
+        kernel = _kernels_or_raise()[kind]
+        if len(runs) == 1:
+            kernel(runs[0], *args)
+            return
+        openmp = _openmp()
+        if openmp is not None:
+            entry = _kernels_or_raise()["team_entry"](kind, self.numpy_dtype)
+            openmp.parallel(entry, header.ctypes.data, threads, 0)
+            return
+        _helpers(threads - 1).run(kernel, runs, args)
 
     def adam(
         self,
-        kernel: Any,
         steps: list[int],
         lr: float,
         beta1: float,
@@ -377,9 +473,8 @@ class _Launch:
             self.bias2_inverse[:] = pairs[:, 1]
         self.coefficients[:] = (1.0 - beta1, beta2, 1.0 - beta2, eps, l2, 1.0 - decay)
         self.flags[:4] = (amsgrad, maximize, l2 != 0.0, decay != 0.0)
-        _launch(
-            kernel,
-            self.shares(),
+        self.run(
+            "adam",
             self.table,
             self.step_sizes,
             self.bias2_inverse,
@@ -389,7 +484,6 @@ class _Launch:
 
     def sgd(
         self,
-        kernel: Any,
         lr: float,
         momentum: float,
         l2: float,
@@ -400,7 +494,7 @@ class _Launch:
         """Run the SGD kernel."""
         self.coefficients[:4] = (lr, momentum, l2, 1.0 - decay)
         self.flags[:] = (momentum != 0.0, nesterov, maximize, l2 != 0.0, decay != 0.0)
-        _launch(kernel, self.shares(), self.table, self.coefficients, self.flags)
+        self.run("sgd", self.table, self.coefficients, self.flags)
 
 
 def _select(rows: list[bool], items: Sequence[Any], keep: bool) -> list[Any]:
@@ -590,7 +684,7 @@ class Plan:
             )
             steps = _select(self.rows, steps, True)
         if self.launch is not None:
-            self.launch.adam(_kernels_or_raise()["adam"], steps, **options)
+            self.launch.adam(steps, **options)
 
     def sgd(
         self,
@@ -616,7 +710,7 @@ class Plan:
             buffers = self.rest_states[0] if self.rest_states else []
             _update.sgd_foreach(self.rest_params, rest_grads, buffers, **options)
         if self.launch is not None:
-            self.launch.sgd(_kernels_or_raise()["sgd"], **options)
+            self.launch.sgd(**options)
 
 
 def _base_real(tensor: Tensor) -> Tensor:
@@ -648,7 +742,7 @@ def adam_kernel(
     PyTorch's fused kernel, which mishandles non-contiguous tensors on the
     CPU).
     """
-    kernel = _kernels_or_raise()["adam"]
+    _kernels_or_raise()
     options = dict(
         lr=lr,
         beta1=beta1,
@@ -674,7 +768,7 @@ def adam_kernel(
         numels = _select(rows, numels, True)
         addresses = [_select(rows, row, True) for row in addresses]
     launch = _Launch(addresses, numels, ADAM_ROWS, params[0].dtype)
-    launch.adam(kernel, list(steps), **options)
+    launch.adam(list(steps), **options)
 
 
 def sgd_kernel(
@@ -694,7 +788,7 @@ def sgd_kernel(
     The stateless form of :meth:`Plan.sgd`. Rows whose tensors the kernel
     cannot take run through ``_update.sgd_foreach`` in the same call.
     """
-    kernel = _kernels_or_raise()["sgd"]
+    _kernels_or_raise()
     options = dict(
         lr=lr,
         momentum=momentum,
@@ -716,4 +810,4 @@ def sgd_kernel(
         numels = _select(rows, numels, True)
         addresses = [_select(rows, row, True) for row in addresses]
     launch = _Launch(addresses, numels, SGD_ROWS, params[0].dtype)
-    launch.sgd(kernel, **options)
+    launch.sgd(**options)

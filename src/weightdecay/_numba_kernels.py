@@ -16,10 +16,16 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-__all__ = ["adam_chunks", "sgd_chunks"]
+__all__ = [
+    "HEADER_WORDS",
+    "adam_chunks",
+    "sgd_chunks",
+    "team_entry",
+]
 
 
 @intrinsic
@@ -125,3 +131,117 @@ def sgd_chunks(chunks, addresses, coefficients, flags):
     """Algorithm 1 on the chunks of one thread's share, without the GIL."""
     for c in range(chunks.shape[0]):
         _sgd_chunk(c, chunks, addresses, coefficients, flags)
+
+
+# Entry points for a parallel region of PyTorch's OpenMP runtime
+# (``GOMP_parallel``): each thread of the team calls one with a pointer to a
+# header of int64 words, takes its runs of the chunk table and returns. The
+# header carries every address, including those of ``omp_get_thread_num``
+# and ``omp_get_num_threads``, so the compiled code holds no address of this
+# process and can be cached on disk.
+HEADER_WORDS = 13
+_INT64 = np.zeros(1, dtype=np.int64)
+_FLOAT32 = np.zeros(1, dtype=np.float32)
+_FLOAT64 = np.zeros(1, dtype=np.float64)
+
+
+@intrinsic
+def _words(typingctx, data):  # noqa: ARG001 - numba's signature
+    """A ``void *`` as a pointer to int64 words."""
+    pointer_type = types.CPointer(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(pointer_type))
+
+    return pointer_type(data), codegen
+
+
+@intrinsic
+def _call_int(typingctx, address):  # noqa: ARG001 - numba's signature
+    """Call the C function ``int f(void)`` at ``address``."""
+
+    def codegen(context, builder, signature, args):
+        function_type = ir.FunctionType(ir.IntType(32), [])
+        function = builder.inttoptr(args[0], function_type.as_pointer())
+        return builder.call(function, [])
+
+    return types.int32(address), codegen
+
+
+def _team_runs(header):
+    """This thread's first run, the step between its runs, the bounds."""
+    bounds = numba.carray(_pointer(header[11], _INT64), (header[12] + 1,))
+    return _call_int(header[0]), _call_int(header[1]), bounds
+
+
+@numba.njit(cache=True, nogil=True)
+def _adam_team(header, like):
+    """This thread's runs of an Adam step. Header words: the addresses of
+    omp_get_thread_num and omp_get_num_threads, of the chunks (and their
+    count), of the table (its height and width), of the step sizes, bias2
+    inverses, coefficients, flags and run bounds (and the number of runs)."""
+    chunks = numba.carray(_pointer(header[2], _INT64), (header[3], 3))
+    addresses = numba.carray(_pointer(header[4], _INT64), (header[5], header[6]))
+    step_sizes = numba.carray(_pointer(header[7], like), (header[6],))
+    bias2_inverse = numba.carray(_pointer(header[8], like), (header[6],))
+    coefficients = numba.carray(_pointer(header[9], like), (6,))
+    flags = numba.carray(_pointer(header[10], _INT64), (5,))
+    me, team, bounds = _team_runs(header)
+    for run in range(me, header[12], team):
+        for c in range(bounds[run], bounds[run + 1]):
+            _adam_chunk(
+                c, chunks, addresses, step_sizes, bias2_inverse, coefficients, flags
+            )
+
+
+@numba.njit(cache=True, nogil=True)
+def _sgd_team(header, like):
+    """This thread's runs of an SGD step (header as for ``_adam_team``)."""
+    chunks = numba.carray(_pointer(header[2], _INT64), (header[3], 3))
+    addresses = numba.carray(_pointer(header[4], _INT64), (header[5], header[6]))
+    coefficients = numba.carray(_pointer(header[9], like), (6,))
+    flags = numba.carray(_pointer(header[10], _INT64), (5,))
+    me, team, bounds = _team_runs(header)
+    for run in range(me, header[12], team):
+        for c in range(bounds[run], bounds[run + 1]):
+            _sgd_chunk(c, chunks, addresses, coefficients, flags)
+
+
+_team_runs = numba.njit(cache=True, nogil=True)(_team_runs)
+
+
+def adam_team_float32(data):
+    _adam_team(numba.carray(_words(data), (HEADER_WORDS,)), _FLOAT32)
+
+
+def adam_team_float64(data):
+    _adam_team(numba.carray(_words(data), (HEADER_WORDS,)), _FLOAT64)
+
+
+def sgd_team_float32(data):
+    _sgd_team(numba.carray(_words(data), (HEADER_WORDS,)), _FLOAT32)
+
+
+def sgd_team_float64(data):
+    _sgd_team(numba.carray(_words(data), (HEADER_WORDS,)), _FLOAT64)
+
+
+_TEAM_ENTRIES = {
+    ("adam", np.float32): adam_team_float32,
+    ("adam", np.float64): adam_team_float64,
+    ("sgd", np.float32): sgd_team_float32,
+    ("sgd", np.float64): sgd_team_float64,
+}
+_team_compiled: dict = {}
+
+
+def team_entry(kind: str, dtype: type) -> int:
+    """The address of the compiled ``void f(void *)`` entry of ``kind``
+    ("adam" or "sgd") for ``dtype``; compiled (or loaded from the disk
+    cache) on first use."""
+    key = (kind, dtype)
+    if key not in _team_compiled:
+        signature = types.void(types.voidptr)
+        entry = numba.cfunc(signature, cache=True, nopython=True)
+        _team_compiled[key] = entry(_TEAM_ENTRIES[key])
+    return _team_compiled[key].address
