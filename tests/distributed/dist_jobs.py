@@ -102,15 +102,20 @@ def recording_paths() -> Iterator[set[str]]:
 
     Those are the functions named ``adam_*`` and ``sgd_*`` in ``_update``
     (per-tensor loop, multi-tensor, PyTorch's fused kernels) and in
-    ``_kernels`` (the numba kernels): it tells which path each optimizer
-    chose without depending on how it chooses.
+    ``_kernels`` (the numba kernels, called directly or through a group's
+    ``Plan``, recorded as ``adam_kernel_plan``/``sgd_kernel_plan``): it tells
+    which path each optimizer chose without depending on how it chooses.
     """
     called: set[str] = set()
     originals = [
-        (module, name, function)
+        (module, name, name, function)
         for module in (_update, _kernels)
         for name, function in vars(module).items()
         if callable(function) and name.startswith(("adam_", "sgd_"))
+    ]
+    originals += [
+        (_kernels.Plan, name, f"{name}_kernel_plan", getattr(_kernels.Plan, name))
+        for name in ("adam", "sgd")
     ]
 
     def recorder(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
@@ -120,13 +125,13 @@ def recording_paths() -> Iterator[set[str]]:
 
         return record
 
-    for module, name, function in originals:
-        setattr(module, name, recorder(name, function))
+    for owner, name, label, function in originals:
+        setattr(owner, name, recorder(label, function))
     try:
         yield called
     finally:
-        for module, name, function in originals:
-            setattr(module, name, function)
+        for owner, name, _, function in originals:
+            setattr(owner, name, function)
 
 
 def make_model(seed: int = 0) -> nn.Module:
