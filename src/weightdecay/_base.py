@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from weightdecay import _kernels
+from weightdecay._update import as_real
 
 __all__ = ["DECAY_SCALINGS", "WeightDecayUnitsWarning", "ScheduledOptimizer"]
 
@@ -199,8 +200,3 @@ class ScheduledOptimizer(torch.optim.Optimizer):
             grads.append(as_real(param.grad))
             originals.append(param)
         return params, grads, originals
-
-
-def as_real(tensor: Tensor) -> Tensor:
-    """A real view of a complex tensor; real tensors pass through."""
-    return torch.view_as_real(tensor) if torch.is_complex(tensor) else tensor

@@ -7,7 +7,8 @@ launch per tensor, which dominates for small models and grows with the
 number of tensors. The kernels here take the addresses of all tensors at
 once and cut the whole step into chunks of elements, so one call covers the
 model whatever its number of tensors; large steps split the chunks between
-the calling thread and a small pool of helper threads.
+the threads of PyTorch's own OpenMP team (:class:`_OpenMP`), or of a small
+team of helper threads where that runtime is not found (:class:`_Team`).
 
 What stays the same from one step to the next (parameters, state tensors,
 their addresses, the chunk table) is kept in a :class:`Plan` per parameter
@@ -556,9 +557,11 @@ class Plan:
         self.complex = [p.is_complex() for p in self.originals]
         self.any_complex = any(self.complex)
 
-        params = [_base_real(p) for p in self.originals]
+        params = [_update.as_real(p) for p in self.originals]
         grads = self._real([p.grad for p in self.originals])
-        states = [[_base_real(t) for t in tensors] for tensors in self.state_tensors]
+        states = [
+            [_update.as_real(t) for t in tensors] for tensors in self.state_tensors
+        ]
         self.dtype = params[0].dtype
         rows, addresses, numels = _inspect(params, grads, *states)
         self.rows = rows
@@ -711,10 +714,6 @@ class Plan:
             _update.sgd_foreach(self.rest_params, rest_grads, buffers, **options)
         if self.launch is not None:
             self.launch.sgd(**options)
-
-
-def _base_real(tensor: Tensor) -> Tensor:
-    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
 
 
 def adam_kernel(

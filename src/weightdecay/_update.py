@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "as_real",
     "adam_foreach",
     "adam_for_loop",
     "adam_fused",
@@ -32,6 +33,11 @@ __all__ = [
     "sgd_foreach",
     "sgd_for_loop",
 ]
+
+
+def as_real(tensor: Tensor) -> Tensor:
+    """A real view of a complex tensor; real tensors pass through."""
+    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
 
 
 def group_by_device_dtype_step(
