@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from closeness import assert_near, assert_same_run
 from weightdecay import SGD, SGDW, Adam, AdamW, _kernels, _update
 
 needs_kernels = pytest.mark.skipif(
@@ -60,25 +61,6 @@ def run(make, params, steps=range(1, STEPS + 1), none=frozenset(), alpha=0.01):
         set_grads(params, t, none)
         optimizer.step()
     return optimizer
-
-
-def assert_near(actual: torch.Tensor, expected: torch.Tensor, tol: float) -> None:
-    scale = expected.abs().max().item() or 1.0
-    err = (actual - expected).abs().max().item() / scale
-    assert err <= tol, f"scale-relative error {err:.3e} > {tol:.0e}"
-
-
-def assert_same_run(opt_a, params_a, opt_b, params_b, tol: float) -> None:
-    """Parameters and every state tensor agree within ``tol``."""
-    for pa, pb in zip(params_a, params_b, strict=True):
-        assert_near(pa.detach(), pb.detach(), tol)
-        state_a, state_b = opt_a.state[pa], opt_b.state[pb]
-        assert state_a.keys() == state_b.keys()
-        for key, value in state_a.items():
-            if isinstance(value, torch.Tensor):
-                assert_near(value, state_b[key], tol)
-            else:
-                assert value == state_b[key], key
 
 
 ADAM_CASES = [

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import torch
 
+from closeness import assert_near, assert_same_run
 from weightdecay import SGD, SGDW, Adam, AdamW, _kernels
 
 needs_kernels = pytest.mark.skipif(
@@ -109,27 +110,6 @@ def twins(
     drive(fast, fast_params, steps, before, none)
     drive(loop, loop_params, steps, before, none)
     return fast, fast_params, loop, loop_params
-
-
-def assert_near(actual: torch.Tensor, expected: torch.Tensor, tol: float) -> None:
-    assert actual.shape == expected.shape
-    assert actual.dtype == expected.dtype
-    scale = expected.abs().max().item() or 1.0
-    err = (actual - expected).abs().max().item() / scale
-    assert err <= tol, f"scale-relative error {err:.3e} > {tol:.0e}"
-
-
-def assert_same_run(fast, fast_params, loop, loop_params, tol: float) -> None:
-    """Parameters and every state entry agree within ``tol``."""
-    for pa, pb in zip(fast_params, loop_params, strict=True):
-        assert_near(pa.detach(), pb.detach(), tol)
-        state_a, state_b = fast.state.get(pa, {}), loop.state.get(pb, {})
-        assert state_a.keys() == state_b.keys()
-        for key, value in state_a.items():
-            if isinstance(value, torch.Tensor):
-                assert_near(value, state_b[key], tol)
-            else:
-                assert value == state_b[key], key
 
 
 def assert_planned(optimizer: torch.optim.Optimizer) -> None:

@@ -649,31 +649,11 @@ class Plan:
             d["step"] += 1
         return [d["step"] for d in self.dicts]
 
-    def adam(
-        self,
-        rest_grads: list[Tensor],
-        steps: list[int],
-        *,
-        lr: float,
-        beta1: float,
-        beta2: float,
-        eps: float,
-        l2: float,
-        decay: float,
-        amsgrad: bool,
-        maximize: bool,
-    ) -> None:
-        """Algorithm 2 on the group, after :meth:`refresh` and :meth:`advance`."""
-        options = dict(
-            lr=lr,
-            beta1=beta1,
-            beta2=beta2,
-            eps=eps,
-            l2=l2,
-            decay=decay,
-            amsgrad=amsgrad,
-            maximize=maximize,
-        )
+    def adam(self, rest_grads: list[Tensor], steps: list[int], **options: Any) -> None:
+        """Algorithm 2 on the group, after :meth:`refresh` and :meth:`advance`.
+
+        ``options`` are the keyword arguments of ``_update.adam_foreach``.
+        """
         if not self.all_rows:
             exp_avgs, exp_avg_sqs, *maxes = self.rest_states
             _update.adam_foreach(
@@ -681,7 +661,7 @@ class Plan:
                 rest_grads,
                 exp_avgs,
                 exp_avg_sqs,
-                maxes[0] if amsgrad else [],
+                maxes[0] if options["amsgrad"] else [],
                 _select(self.rows, steps, False),
                 **options,
             )
@@ -689,26 +669,11 @@ class Plan:
         if self.launch is not None:
             self.launch.adam(steps, **options)
 
-    def sgd(
-        self,
-        rest_grads: list[Tensor],
-        *,
-        lr: float,
-        momentum: float,
-        l2: float,
-        decay: float,
-        nesterov: bool,
-        maximize: bool,
-    ) -> None:
-        """Algorithm 1 on the group, after :meth:`refresh` and :meth:`advance`."""
-        options = dict(
-            lr=lr,
-            momentum=momentum,
-            l2=l2,
-            decay=decay,
-            nesterov=nesterov,
-            maximize=maximize,
-        )
+    def sgd(self, rest_grads: list[Tensor], **options: Any) -> None:
+        """Algorithm 1 on the group, after :meth:`refresh` and :meth:`advance`.
+
+        ``options`` are the keyword arguments of ``_update.sgd_foreach``.
+        """
         if not self.all_rows:
             buffers = self.rest_states[0] if self.rest_states else []
             _update.sgd_foreach(self.rest_params, rest_grads, buffers, **options)
