@@ -54,9 +54,13 @@ _DTYPES = (torch.float32, torch.float64)
 _PLAIN = (Tensor, torch.nn.Parameter)
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
-# Below this many elements a step runs in the calling thread, as PyTorch's
-# CPU kernels do: waking a thread pool costs more than it saves, and far more
-# when other processes hold the cores.
+# Below this many elements a step runs in the calling thread. PyTorch's
+# OpenMP threads, spinning between regions, take a share within microseconds:
+# at 1e5 float32 elements splitting over them cut an AdamW step by about a
+# third. Our own helper threads (where that runtime is not found) must be
+# woken first, which costs more than it saves below about 2^18 elements, and
+# far more when other processes hold the cores.
+_PARALLEL_MIN_OPENMP = 1 << 14
 _PARALLEL_MIN = 1 << 18
 
 # Elements per parallel work item: 256 KiB of float32 per stream keeps a
@@ -178,7 +182,8 @@ def _bounds(chunks: np.ndarray, threads: int) -> np.ndarray:
     """
     elements = int((chunks[:, 2] - chunks[:, 1]).sum()) if len(chunks) else 0
     parts = min(2 * threads, len(chunks))
-    if threads <= 1 or parts <= 1 or elements < _PARALLEL_MIN:
+    least = _PARALLEL_MIN_OPENMP if _openmp() is not None else _PARALLEL_MIN
+    if threads <= 1 or parts <= 1 or elements < least:
         return np.array([0, len(chunks)], dtype=np.int64)
     done = np.cumsum(chunks[:, 2] - chunks[:, 1])
     cuts = np.searchsorted(done, done[-1] * np.arange(1, parts) / parts)
