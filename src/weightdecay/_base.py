@@ -159,7 +159,7 @@ class ScheduledOptimizer(torch.optim.Optimizer):
 
     def _new_plan(
         self, group: dict[str, Any], keys: tuple[str, ...], height: int
-    ) -> tuple[_kernels.Plan, list[Tensor]] | None:
+    ) -> tuple[_kernels.Plan, list[Tensor]]:
         """Inspect the group for the kernels and keep the plan for later steps.
 
         The state of every parameter with a gradient must exist already.
@@ -171,9 +171,8 @@ class ScheduledOptimizer(torch.optim.Optimizer):
             del plans[stale]
         plan = _kernels.Plan(group, self.state, keys, height)
         rest = plan.refresh(group, self.state)
-        if rest is None:
-            plans.pop(id(group), None)
-            return None
+        # The inspection that built the plan checks all that refresh checks.
+        assert rest is not None
         plans[id(group)] = plan
         return plan, rest
 

@@ -46,7 +46,7 @@ from torch import Tensor
 
 from weightdecay import _update
 
-__all__ = ["Plan", "adam_kernel", "applies", "available", "sgd_kernel"]
+__all__ = ["ADAM_ROWS", "SGD_ROWS", "Plan", "applies", "available"]
 
 logger = logging.getLogger(__name__)
 
@@ -401,8 +401,8 @@ class _Launch:
         self._split: tuple[int, np.ndarray, list[np.ndarray], np.ndarray] | None
         self._split = None
 
-    def _runs(self, threads: int) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
-        """Run bounds, the runs, and the header for PyTorch's OpenMP team."""
+    def _runs(self, threads: int) -> tuple[list[np.ndarray], np.ndarray]:
+        """The runs of chunks, and the header for PyTorch's OpenMP team."""
         if self._split is None or self._split[0] != threads:
             bounds = _bounds(self.chunks, threads)
             runs = [self.chunks[a:b] for a, b in itertools.pairwise(bounds)]
@@ -424,10 +424,11 @@ class _Launch:
                     bounds.ctypes.data,
                     len(runs),
                 )
+            # The header points into ``bounds``: kept alive with it.
             self._split = (threads, bounds, runs, header)
-        return self._split[1:]
+        return self._split[2:]
 
-    def run(self, kind: str, *args: np.ndarray) -> None:
+    def run(self, kind: str) -> None:
         """Run the ``kind`` kernel ("adam" or "sgd") over every chunk.
 
         Small steps run in the calling thread; larger ones on PyTorch's
@@ -435,8 +436,13 @@ class _Launch:
         thread and helper threads (:class:`_Team`).
         """
         threads = torch.get_num_threads()
-        _, runs, header = self._runs(threads)
+        runs, header = self._runs(threads)
         kernel = _kernels_or_raise()[kind]
+        if kind == "adam":
+            args = (self.table, self.step_sizes, self.bias2_inverse)
+        else:
+            args = (self.table,)
+        args += (self.coefficients, self.flags)
         if len(runs) == 1:
             kernel(runs[0], *args)
             return
@@ -479,14 +485,7 @@ class _Launch:
             self.bias2_inverse[:] = pairs[:, 1]
         self.coefficients[:] = (1.0 - beta1, beta2, 1.0 - beta2, eps, l2, 1.0 - decay)
         self.flags[:4] = (amsgrad, maximize, l2 != 0.0, decay != 0.0)
-        self.run(
-            "adam",
-            self.table,
-            self.step_sizes,
-            self.bias2_inverse,
-            self.coefficients,
-            self.flags,
-        )
+        self.run("adam")
 
     def sgd(
         self,
@@ -500,7 +499,7 @@ class _Launch:
         """Run the SGD kernel."""
         self.coefficients[:4] = (lr, momentum, l2, 1.0 - decay)
         self.flags[:] = (momentum != 0.0, nesterov, maximize, l2 != 0.0, decay != 0.0)
-        self.run("sgd", self.table, self.coefficients, self.flags)
+        self.run("sgd")
 
 
 def _select(rows: list[bool], items: Sequence[Any], keep: bool) -> list[Any]:
@@ -684,99 +683,3 @@ class Plan:
             _update.sgd_foreach(self.rest_params, rest_grads, buffers, **options)
         if self.launch is not None:
             self.launch.sgd(**options)
-
-
-def adam_kernel(
-    params: Sequence[Tensor],
-    grads: Sequence[Tensor],
-    exp_avgs: Sequence[Tensor],
-    exp_avg_sqs: Sequence[Tensor],
-    max_exp_avg_sqs: Sequence[Tensor],
-    steps: Sequence[int],
-    *,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    l2: float,
-    decay: float,
-    amsgrad: bool,
-    maximize: bool,
-) -> None:
-    """Algorithm 2 over all tensors in one pass (see ``_update.adam_for_loop``).
-
-    The stateless form of :meth:`Plan.adam`, with ``_update``'s signature:
-    every tensor is inspected at each call. Rows whose tensors the kernel
-    cannot take run through ``_update.adam_foreach`` in the same call (not
-    PyTorch's fused kernel, which mishandles non-contiguous tensors on the
-    CPU).
-    """
-    _kernels_or_raise()
-    options = dict(
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        l2=l2,
-        decay=decay,
-        amsgrad=amsgrad,
-        maximize=maximize,
-    )
-    lists = [params, grads, exp_avgs, exp_avg_sqs]
-    if amsgrad:
-        lists.append(max_exp_avg_sqs)
-    rows, addresses, numels = _inspect(*lists)
-    if not all(rows):
-        rest = [_select(rows, tensors, False) for tensors in lists]
-        if not amsgrad:
-            rest.append([])
-        _update.adam_foreach(*rest, _select(rows, steps, False), **options)
-        if not any(rows):
-            return
-        steps = _select(rows, steps, True)
-        numels = _select(rows, numels, True)
-        addresses = [_select(rows, row, True) for row in addresses]
-    launch = _Launch(addresses, numels, ADAM_ROWS, params[0].dtype)
-    launch.adam(list(steps), **options)
-
-
-def sgd_kernel(
-    params: Sequence[Tensor],
-    grads: Sequence[Tensor],
-    momentum_buffers: Sequence[Tensor],
-    *,
-    lr: float,
-    momentum: float,
-    l2: float,
-    decay: float,
-    nesterov: bool,
-    maximize: bool,
-) -> None:
-    """Algorithm 1 over all tensors in one pass (see ``_update.sgd_for_loop``).
-
-    The stateless form of :meth:`Plan.sgd`. Rows whose tensors the kernel
-    cannot take run through ``_update.sgd_foreach`` in the same call.
-    """
-    _kernels_or_raise()
-    options = dict(
-        lr=lr,
-        momentum=momentum,
-        l2=l2,
-        decay=decay,
-        nesterov=nesterov,
-        maximize=maximize,
-    )
-    has_momentum = momentum != 0.0
-    lists = [params, grads, momentum_buffers] if has_momentum else [params, grads]
-    rows, addresses, numels = _inspect(*lists)
-    if not all(rows):
-        rest = [_select(rows, tensors, False) for tensors in lists]
-        _update.sgd_foreach(
-            rest[0], rest[1], rest[2] if has_momentum else [], **options
-        )
-        if not any(rows):
-            return
-        numels = _select(rows, numels, True)
-        addresses = [_select(rows, row, True) for row in addresses]
-    launch = _Launch(addresses, numels, SGD_ROWS, params[0].dtype)
-    launch.sgd(**options)

@@ -113,11 +113,12 @@ class _AdamCore(ScheduledOptimizer):
         a step with ``lr == 0`` and decay left (``decay_scaling="none"``) runs
         on the multi-tensor path, which computes the same update. By default
         CPU parameters in float32/float64 run on ``_kernels`` (one parallel
-        pass over all tensors) where numba is installed.
+        pass over all tensors) where numba is installed: then the result is
+        ``_kernels.Plan``, which the step builds for the group.
         """
         fused, foreach = group["fused"], group["foreach"]
         if fused is None and foreach is None and _kernels.applies(params):
-            return _kernels.adam_kernel
+            return _kernels.Plan
         fusable = all(
             p.dtype in _FUSED_DTYPES
             and p.device.type in _FUSED_DEVICES
@@ -177,7 +178,7 @@ class _AdamCore(ScheduledOptimizer):
                 for param in originals:
                     self._init_state(param, amsgrad)
                 implementation = self._implementation(group, params, lr, decay)
-                if implementation is _kernels.adam_kernel:
+                if implementation is _kernels.Plan:
                     planned = self._new_plan(group, keys, _kernels.ADAM_ROWS)
             if planned is not None:
                 plan, rest = planned

@@ -135,8 +135,6 @@ class _SGDCore(ScheduledOptimizer):
                     buffers.append(as_real(state["momentum_buffer"]))
             if group["foreach"] is False:
                 implementation = _update.sgd_for_loop
-            elif group["foreach"] is None and _kernels.applies(params):
-                implementation = _kernels.sgd_kernel
             else:
                 implementation = _update.sgd_foreach
             implementation(params, grads, buffers, **options)
