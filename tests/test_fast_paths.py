@@ -457,6 +457,27 @@ def test_fused_with_strided_param_matches_loop(amsgrad):
     assert_same_run(*results[0], *results[1], TOL[torch.float32])
 
 
+@pytest.mark.parametrize(
+    "numels", [[1], [100_000], [12_500] * 8, [3, 70_001, 5], [1_000_000, 7]]
+)
+def test_chunks_cover_every_element_once_and_split_small_steps(numels):
+    """The chunk table tiles each tensor; a small step still splits evenly."""
+    chunks = _kernels._chunk_table(numels)
+    for index, numel in enumerate(numels):
+        mine = chunks[chunks[:, 0] == index]
+        assert mine[0, 1] == 0 and mine[-1, 2] == numel
+        assert (mine[1:, 1] == mine[:-1, 2]).all()  # contiguous, no overlap
+        assert (mine[:, 1] % _kernels._CHUNK_MIN == 0).all()
+    sizes = chunks[:, 2] - chunks[:, 1]
+    assert sizes.max() <= _kernels._CHUNK
+    bounds = _kernels._bounds(chunks, threads=2)
+    if sum(numels) >= 100_000 and _kernels._openmp() is not None:
+        # Four runs for two threads, none over a third of the step.
+        runs = [sizes[a:b].sum() for a, b in zip(bounds, bounds[1:], strict=False)]
+        assert len(runs) == 4
+        assert max(runs) <= sum(numels) / 3
+
+
 def test_team_runs_every_share_once_and_in_parallel_threads():
     """Each share runs exactly once, whichever thread claims it."""
     team = _kernels._Team(3)

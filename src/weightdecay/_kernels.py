@@ -65,7 +65,11 @@ _PARALLEL_MIN = 1 << 18
 
 # Elements per parallel work item: 256 KiB of float32 per stream keeps a
 # chunk's seven streams within a core's L2 while amortizing scheduling.
+# Smaller steps get smaller chunks, down to _CHUNK_MIN, so that even one
+# tensor splits into about _CHUNKS_PER_STEP runs of equal size.
 _CHUNK = 1 << 16
+_CHUNK_MIN = 1 << 12
+_CHUNKS_PER_STEP = 16
 
 # Words of the header that a kernel run on PyTorch's OpenMP team reads
 # (``_numba_kernels.HEADER_WORDS``).
@@ -150,8 +154,34 @@ def _load() -> dict[str, Any] | None:
                 "adam": _numba_kernels.adam_chunks,
                 "sgd": _numba_kernels.sgd_chunks,
                 "team_entry": _numba_kernels.team_entry,
+                "serial_thread_num": _numba_kernels.SERIAL_THREAD_NUM,
+                "serial_num_threads": _numba_kernels.SERIAL_NUM_THREADS,
             }
     return _compiled
+
+
+_ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_entries: dict[tuple[str, type], tuple[int, Any]] = {}
+
+
+def _entry_pair(kind: str, numpy_dtype: type) -> tuple[int, Any]:
+    key = (kind, numpy_dtype)
+    pair = _entries.get(key)
+    if pair is None:
+        with _lock:
+            address = _kernels_or_raise()["team_entry"](kind, numpy_dtype)
+            pair = _entries[key] = (address, _ENTRY_TYPE(address))
+    return pair
+
+
+def _entry_address(kind: str, numpy_dtype: type) -> int:
+    """The address of the compiled entry ``void f(int64 *header)``."""
+    return _entry_pair(kind, numpy_dtype)[0]
+
+
+def _entry(kind: str, numpy_dtype: type) -> Any:
+    """The compiled entry as a ctypes function, which releases the GIL."""
+    return _entry_pair(kind, numpy_dtype)[1]
 
 
 def _kernels_or_raise() -> dict[str, Any]:
@@ -162,11 +192,16 @@ def _kernels_or_raise() -> dict[str, Any]:
 
 
 def _chunk_table(numels: Sequence[int]) -> np.ndarray:
-    """``(n, 3)`` int64 rows of (tensor, start, end) covering every element."""
+    """``(n, 3)`` int64 rows of (tensor, start, end) covering every element.
+
+    Chunks start at multiples of their size, a multiple of 4096 elements.
+    """
+    share = -(-sum(numels) // _CHUNKS_PER_STEP)
+    size = min(_CHUNK, max(_CHUNK_MIN, -(-share // _CHUNK_MIN) * _CHUNK_MIN))
     rows = [
-        (index, start, min(start + _CHUNK, numel))
+        (index, start, min(start + size, numel))
         for index, numel in enumerate(numels)
-        for start in range(0, numel, _CHUNK)
+        for start in range(0, numel, size)
     ]
     return np.array(rows, dtype=np.int64).reshape(-1, 3)
 
@@ -398,35 +433,50 @@ class _Launch:
         self.bias2_inverse = np.zeros(len(numels), dtype=numpy_dtype)
         self.coefficients = np.zeros(6, dtype=numpy_dtype)
         self.flags = np.zeros(5, dtype=np.int64)
-        self._split: tuple[int, np.ndarray, list[np.ndarray], np.ndarray] | None
-        self._split = None
+        self._split: tuple[int, list[np.ndarray], int, int] | None = None
+        self._keep: tuple[np.ndarray, ...] = ()
 
-    def _runs(self, threads: int) -> tuple[list[np.ndarray], np.ndarray]:
-        """The runs of chunks, and the header for PyTorch's OpenMP team."""
-        if self._split is None or self._split[0] != threads:
-            bounds = _bounds(self.chunks, threads)
-            runs = [self.chunks[a:b] for a, b in itertools.pairwise(bounds)]
-            openmp = _openmp() if len(runs) > 1 else None
-            header = np.zeros(_HEADER_WORDS, dtype=np.int64)
-            if openmp is not None:
-                header[:] = (
-                    openmp.thread_num.value,
-                    openmp.num_threads.value,
-                    self.chunks.ctypes.data,
-                    len(self.chunks),
-                    self.table.ctypes.data,
-                    self.table.shape[0],
-                    self.table.shape[1],
-                    self.step_sizes.ctypes.data,
-                    self.bias2_inverse.ctypes.data,
-                    self.coefficients.ctypes.data,
-                    self.flags.ctypes.data,
-                    bounds.ctypes.data,
-                    len(runs),
-                )
-            # The header points into ``bounds``: kept alive with it.
-            self._split = (threads, bounds, runs, header)
-        return self._split[2:]
+    def _divide(self, threads: int) -> tuple[int, list[np.ndarray], int, int]:
+        """Cut the chunks into runs for ``threads``; keep the headers.
+
+        Returns the thread count, the runs, and the addresses of the
+        headers of an entry call on PyTorch's OpenMP team (zero where that
+        runtime is not found) and in the calling thread alone.
+        """
+        bounds = _bounds(self.chunks, threads)
+        runs = [self.chunks[a:b] for a, b in itertools.pairwise(bounds)]
+        words = [
+            0,  # the address of the function giving this thread's number
+            0,  # the address of the function giving the team's size
+            self.chunks.ctypes.data,
+            len(self.chunks),
+            self.table.ctypes.data,
+            self.table.shape[0],
+            self.table.shape[1],
+            self.step_sizes.ctypes.data,
+            self.bias2_inverse.ctypes.data,
+            self.coefficients.ctypes.data,
+            self.flags.ctypes.data,
+            bounds.ctypes.data,
+            len(runs),
+        ]
+        assert len(words) == _HEADER_WORDS
+        kernels = _kernels_or_raise()
+        serial = np.array(words, dtype=np.int64)
+        serial[:2] = kernels["serial_thread_num"], kernels["serial_num_threads"]
+        parallel = np.array(words, dtype=np.int64)
+        openmp = _openmp()
+        if openmp is not None:
+            parallel[:2] = openmp.thread_num.value, openmp.num_threads.value
+        # The headers point into ``bounds``: all are kept alive together.
+        self._keep = (bounds, serial, parallel)
+        self._split = (
+            threads,
+            runs,
+            int(parallel.ctypes.data) if openmp is not None else 0,
+            int(serial.ctypes.data),
+        )
+        return self._split
 
     def run(self, kind: str) -> None:
         """Run the ``kind`` kernel ("adam" or "sgd") over every chunk.
@@ -436,22 +486,23 @@ class _Launch:
         thread and helper threads (:class:`_Team`).
         """
         threads = torch.get_num_threads()
-        runs, header = self._runs(threads)
-        kernel = _kernels_or_raise()[kind]
+        split = self._split
+        if split is None or split[0] != threads:
+            split = self._divide(threads)
+        _, runs, parallel, serial = split
+        if len(runs) == 1:
+            _entry(kind, self.numpy_dtype)(serial)
+            return
+        if parallel:
+            address = _entry_address(kind, self.numpy_dtype)
+            _openmp().parallel(address, parallel, threads, 0)
+            return
         if kind == "adam":
             args = (self.table, self.step_sizes, self.bias2_inverse)
         else:
             args = (self.table,)
         args += (self.coefficients, self.flags)
-        if len(runs) == 1:
-            kernel(runs[0], *args)
-            return
-        openmp = _openmp()
-        if openmp is not None:
-            entry = _kernels_or_raise()["team_entry"](kind, self.numpy_dtype)
-            openmp.parallel(entry, header.ctypes.data, threads, 0)
-            return
-        _helpers(threads - 1).run(kernel, runs, args)
+        _helpers(threads - 1).run(_kernels_or_raise()[kind], runs, args)
 
     def adam(
         self,
@@ -506,6 +557,15 @@ def _select(rows: list[bool], items: Sequence[Any], keep: bool) -> list[Any]:
     return [item for item, ok in zip(items, rows, strict=True) if ok is keep]
 
 
+# Unbound methods and getters, mapped over lists of tensors in C.
+_data_ptr = Tensor.data_ptr
+_numel = Tensor.numel
+_is_contiguous = Tensor.is_contiguous
+_grad_of = operator.attrgetter("grad")
+_dtype_of = operator.attrgetter("dtype")
+_is_cpu_of = operator.attrgetter("is_cpu")
+
+
 class Plan:
     """One parameter group's kernel step, kept from one step to the next.
 
@@ -531,6 +591,9 @@ class Plan:
     data address (``as_strided_``, ``resize_`` to fewer elements) is not
     detected; a parameter's are.
 
+    The checks map C functions over lists rather than loop in Python: about
+    two microseconds per tensor in all.
+
     Args:
         group: the parameter group.
         state: the optimizer's per-parameter state, already initialized for
@@ -550,14 +613,14 @@ class Plan:
         self.group_params = list(group["params"])
         self.count = len(self.group_params)
         self.present = [p.grad is not None for p in self.group_params]
+        self.all_present = all(self.present)
         self.originals = [p for p in self.group_params if p.grad is not None]
         self.keys = keys
         self.dicts = [state[p] for p in self.originals]
         self.state_tensors = [[d[key] for d in self.dicts] for key in keys]
-        self.state_addresses = [
-            [t.data_ptr() for t in tensors] for tensors in self.state_tensors
-        ]
-        self.param_addresses = [p.data_ptr() for p in self.originals]
+        # Parameters and state tensors, whose addresses must not move.
+        self.held = list(itertools.chain(self.originals, *self.state_tensors))
+        self.held_addresses = list(map(_data_ptr, self.held))
         self.complex = [p.is_complex() for p in self.originals]
         self.any_complex = any(self.complex)
 
@@ -588,6 +651,34 @@ class Plan:
             for t, c in zip(tensors, self.complex, strict=True)
         ]
 
+    def _holds(
+        self, group: dict[str, Any], state: Mapping[Tensor, dict[str, Any]]
+    ) -> bool:
+        """Whether the group's parameters and state are those of the plan."""
+        params = group["params"]
+        if (
+            len(params) != self.count
+            or group.get("foreach") is not None
+            or group.get("fused") is not None
+            or not all(map(operator.is_, params, self.group_params))
+        ):
+            return False
+        if not all(map(operator.is_, map(state.get, self.originals), self.dicts)):
+            return False
+        for key, tensors in zip(self.keys, self.state_tensors, strict=True):
+            try:
+                current = map(operator.itemgetter(key), self.dicts)
+                if not all(map(operator.is_, current, tensors)):
+                    return False
+            except KeyError:
+                return False
+        if list(map(_data_ptr, self.held)) != self.held_addresses:
+            return False
+        params = self.kernel_params
+        return list(map(_numel, params)) == self.grad_numels and all(
+            map(_is_contiguous, params)
+        )
+
     def refresh(
         self, group: dict[str, Any], state: Mapping[Tensor, dict[str, Any]]
     ) -> list[Tensor] | None:
@@ -597,54 +688,37 @@ class Plan:
         the gradients of the rows that run on ``foreach`` (real views), or
         None if the plan no longer describes the group.
         """
-        params = group["params"]
-        if (
-            len(params) != self.count
-            or group.get("foreach") is not None
-            or group.get("fused") is not None
-            or not all(map(operator.is_, params, self.group_params))
-        ):
+        if not self._holds(group, state):
             return None
-        grads = [p.grad for p in params]
-        if [g is not None for g in grads] != self.present:
+        grads = list(map(_grad_of, self.group_params))
+        present = list(map(operator.is_not, grads, itertools.repeat(None)))
+        if present != self.present:
             return None
-        if len(grads) != len(self.originals):
-            grads = [g for g in grads if g is not None]
-        if [p.data_ptr() for p in self.originals] != self.param_addresses:
-            return None
-        for param, numel in zip(self.kernel_params, self.grad_numels, strict=True):
-            if param.numel() != numel or not param.is_contiguous():
-                return None
-        dicts = [state.get(p) for p in self.originals]
-        if not all(map(operator.is_, dicts, self.dicts)):
-            return None
-        for key, tensors, addresses in zip(
-            self.keys, self.state_tensors, self.state_addresses, strict=True
-        ):
-            current = [d.get(key) for d in dicts]
-            if not all(map(operator.is_, current, tensors)):
-                return None
-            if [t.data_ptr() for t in tensors] != addresses:
-                return None
+        if not self.all_present:
+            grads = list(itertools.compress(grads, present))
         grads = self._real(grads)
         kernel_grads = grads if self.all_rows else _select(self.rows, grads, True)
-        dtype = self.dtype
-        addresses = []
+        # The type first: the other checks call Tensor methods directly.
+        if not all(map(_PLAIN.__contains__, map(type, kernel_grads))):
+            return None
         try:
-            for grad, numel in zip(kernel_grads, self.grad_numels, strict=True):
-                if not (
-                    type(grad) in _PLAIN
-                    and grad.is_cpu
-                    and grad.dtype is dtype
-                    and grad.numel() == numel
-                    and grad.is_contiguous()
-                ):
-                    return None
-                addresses.append(grad.data_ptr())
+            if not (
+                all(map(_is_cpu_of, kernel_grads))
+                and all(
+                    map(
+                        operator.is_,
+                        map(_dtype_of, kernel_grads),
+                        itertools.repeat(self.dtype),
+                    )
+                )
+                and list(map(_numel, kernel_grads)) == self.grad_numels
+                and all(map(_is_contiguous, kernel_grads))
+            ):
+                return None
         except RuntimeError:  # sparse gradients have no strides
             return None
         if self.launch is not None:
-            self.launch.table[1] = addresses
+            self.launch.table[1] = list(map(_data_ptr, kernel_grads))
         return [] if self.all_rows else _select(self.rows, grads, False)
 
     def advance(self) -> list[int]:

@@ -1,9 +1,12 @@
 """The numba bodies of the multi-tensor kernels; imported only by ``_kernels``.
 
 Importing this module raises ``ImportError`` where numba is missing. The
-kernels are serial and release the GIL: ``_kernels`` runs one share of the
-chunks per thread of its own pool, so no second OpenMP runtime competes with
-PyTorch's for the cores.
+kernels are serial and release the GIL. ``_kernels`` calls the entries of
+``team_entry`` (through ctypes, which costs less than numba's dispatch) in
+the calling thread or on every thread of PyTorch's OpenMP team, or runs one
+share of the chunks per thread of its own helper team; numba's own threading
+layer is not used, so no second OpenMP runtime competes with PyTorch's for
+the cores.
 
 Each kernel receives a table of chunks (tensor index, first element, end), a
 table of data addresses (one row per role: parameter, gradient, state...)
@@ -22,6 +25,8 @@ from numba.extending import intrinsic
 
 __all__ = [
     "HEADER_WORDS",
+    "SERIAL_NUM_THREADS",
+    "SERIAL_THREAD_NUM",
     "adam_chunks",
     "sgd_chunks",
     "team_entry",
@@ -245,3 +250,19 @@ def team_entry(kind: str, dtype: type) -> int:
         entry = numba.cfunc(signature, cache=True, nopython=True)
         _team_compiled[key] = entry(_TEAM_ENTRIES[key])
     return _team_compiled[key].address
+
+
+# A team of one, for calling an entry outside a parallel region: with these
+# in the header's first two words, the calling thread takes every run.
+@numba.cfunc(types.int32(), cache=True, nopython=True)
+def _thread_zero():
+    return 0
+
+
+@numba.cfunc(types.int32(), cache=True, nopython=True)
+def _team_of_one():
+    return 1
+
+
+SERIAL_THREAD_NUM = _thread_zero.address
+SERIAL_NUM_THREADS = _team_of_one.address

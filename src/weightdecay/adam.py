@@ -138,66 +138,50 @@ class _AdamCore(ScheduledOptimizer):
             return _update.adam_for_loop
         return _update.adam_foreach
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """Perform one optimization step.
-
-        Parameters whose ``grad`` is ``None`` are skipped entirely: their state
-        is untouched and they are not decayed.
-
-        Args:
-            closure: re-evaluates the model and returns the loss.
-        """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-
-        for group in self.param_groups:
-            amsgrad = group["amsgrad"]
-            # Paper units: step size alpha * eta_t; decay per the chosen units.
-            lr = float(group["lr"])
-            decay = self.decoupled_decay(group) if self._decoupled else 0.0
-            beta1, beta2 = group["betas"]
-            options = dict(
-                lr=lr,
-                beta1=float(beta1),
-                beta2=float(beta2),
-                eps=float(group["eps"]),
-                l2=0.0 if self._decoupled else float(group["weight_decay"]),
-                decay=decay,
-                amsgrad=amsgrad,
-                maximize=group["maximize"],
-            )
-            keys = _STATE_KEYS[amsgrad]
-            planned = self._planned(group, keys)
-            if planned is None:
-                params, grads, originals = self._gather(group)
-                if not params:
-                    continue
-                for param in originals:
-                    self._init_state(param, amsgrad)
-                implementation = self._implementation(group, params, lr, decay)
-                if implementation is _kernels.Plan:
-                    planned = self._new_plan(group, keys, _kernels.ADAM_ROWS)
-            if planned is not None:
-                plan, rest = planned
-                plan.adam(rest, plan.advance(), **options)
-                continue
-
-            exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], []
+    def _step_group(self, group: dict[str, Any]) -> None:
+        amsgrad = group["amsgrad"]
+        # Paper units: step size alpha * eta_t; decay per the chosen units.
+        lr = float(group["lr"])
+        decay = self.decoupled_decay(group) if self._decoupled else 0.0
+        beta1, beta2 = group["betas"]
+        options = dict(
+            lr=lr,
+            beta1=float(beta1),
+            beta2=float(beta2),
+            eps=float(group["eps"]),
+            l2=0.0 if self._decoupled else float(group["weight_decay"]),
+            decay=decay,
+            amsgrad=amsgrad,
+            maximize=group["maximize"],
+        )
+        keys = _STATE_KEYS[amsgrad]
+        planned = self._planned(group, keys)
+        if planned is None:
+            params, grads, originals = self._gather(group)
+            if not params:
+                return
             for param in originals:
-                state = self.state[param]
-                state["step"] += 1
-                steps.append(state["step"])
-                exp_avgs.append(as_real(state["exp_avg"]))
-                exp_avg_sqs.append(as_real(state["exp_avg_sq"]))
-                if amsgrad:
-                    max_exp_avg_sqs.append(as_real(state["max_exp_avg_sq"]))
-            implementation(
-                params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, **options
-            )
-        return loss
+                self._init_state(param, amsgrad)
+            implementation = self._implementation(group, params, lr, decay)
+            if implementation is _kernels.Plan:
+                planned = self._new_plan(group, keys, _kernels.ADAM_ROWS)
+        if planned is not None:
+            plan, rest = planned
+            plan.adam(rest, plan.advance(), **options)
+            return
+
+        exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps = [], [], [], []
+        for param in originals:
+            state = self.state[param]
+            state["step"] += 1
+            steps.append(state["step"])
+            exp_avgs.append(as_real(state["exp_avg"]))
+            exp_avg_sqs.append(as_real(state["exp_avg_sq"]))
+            if amsgrad:
+                max_exp_avg_sqs.append(as_real(state["max_exp_avg_sq"]))
+        implementation(
+            params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, **options
+        )
 
 
 def _is_dtensor(tensor: Tensor) -> bool:

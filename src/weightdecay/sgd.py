@@ -23,7 +23,7 @@ gradients only).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -86,59 +86,43 @@ class _SGDCore(ScheduledOptimizer):
             )
         return state
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """Perform one optimization step.
-
-        Parameters whose ``grad`` is ``None`` are skipped entirely: their
-        momentum is untouched and they are not decayed.
-
-        Args:
-            closure: re-evaluates the model and returns the loss.
-        """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-
-        for group in self.param_groups:
-            momentum = float(group["momentum"])
-            options = dict(
-                lr=float(group["lr"]),
-                momentum=momentum,
-                l2=0.0 if self._decoupled else float(group["weight_decay"]),
-                decay=self.decoupled_decay(group) if self._decoupled else 0.0,
-                nesterov=group["nesterov"],
-                maximize=group["maximize"],
-            )
-            keys = ("momentum_buffer",) if momentum != 0.0 else ()
-            planned = self._planned(group, keys)
-            if planned is None:
-                params, grads, originals = self._gather(group)
-                if not params:
-                    continue
-                for param in originals:
-                    self._init_state(param, momentum)
-                if group["foreach"] is None and _kernels.applies(params):
-                    planned = self._new_plan(group, keys, _kernels.SGD_ROWS)
-            if planned is not None:
-                plan, rest = planned
-                plan.advance()
-                plan.sgd(rest, **options)
-                continue
-
-            buffers = []
+    def _step_group(self, group: dict[str, Any]) -> None:
+        momentum = float(group["momentum"])
+        options = dict(
+            lr=float(group["lr"]),
+            momentum=momentum,
+            l2=0.0 if self._decoupled else float(group["weight_decay"]),
+            decay=self.decoupled_decay(group) if self._decoupled else 0.0,
+            nesterov=group["nesterov"],
+            maximize=group["maximize"],
+        )
+        keys = ("momentum_buffer",) if momentum != 0.0 else ()
+        planned = self._planned(group, keys)
+        if planned is None:
+            params, grads, originals = self._gather(group)
+            if not params:
+                return
             for param in originals:
-                state = self.state[param]
-                state["step"] += 1
-                if momentum != 0.0:
-                    buffers.append(as_real(state["momentum_buffer"]))
-            if group["foreach"] is False:
-                implementation = _update.sgd_for_loop
-            else:
-                implementation = _update.sgd_foreach
-            implementation(params, grads, buffers, **options)
-        return loss
+                self._init_state(param, momentum)
+            if group["foreach"] is None and _kernels.applies(params):
+                planned = self._new_plan(group, keys, _kernels.SGD_ROWS)
+        if planned is not None:
+            plan, rest = planned
+            plan.advance()
+            plan.sgd(rest, **options)
+            return
+
+        buffers = []
+        for param in originals:
+            state = self.state[param]
+            state["step"] += 1
+            if momentum != 0.0:
+                buffers.append(as_real(state["momentum_buffer"]))
+        if group["foreach"] is False:
+            implementation = _update.sgd_for_loop
+        else:
+            implementation = _update.sgd_foreach
+        implementation(params, grads, buffers, **options)
 
 
 class SGD(_SGDCore):
