@@ -18,7 +18,10 @@ One run measures, on this machine and with torch's default thread count:
 The bound of a step is the bytes it must move divided by the triad's
 bandwidth: fp32 Adam(W) reads parameter, gradient and both moments and writes
 three back (28 bytes per parameter, 36 with amsgrad); SGD(W) with momentum
-reads parameter, gradient and buffer and writes two back (20).
+reads parameter, gradient and buffer and writes two back (20). From 1e7
+parameters (``--triad-min-size``) the triad is timed in turn with the steps
+and the bound uses its bandwidth at those moments; smaller shapes use the
+best triad of the run, and the last column gives every row against it.
 
 Example:
     python benchmarks/step.py                      # the full table (~10 min)
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import random
 import statistics
 import sys
 import time
@@ -153,16 +157,35 @@ def variants() -> list[Variant]:
     return out
 
 
-def triad_bandwidth(elements: int, repeats: int = 9) -> float:
-    """Bytes per second of ``a += s * b`` on two buffers of ``elements`` fp32."""
-    a = torch.rand(elements)
-    b = torch.rand(elements)
+TRIAD_ELEMENTS = 1 << 26  # two fp32 buffers of 256 MiB
+
+
+class Triad:
+    """An in-place triad ``a += s * b`` over two fp32 buffers of ``elements``.
+
+    Moves 12 bytes per element (read a, read b, write a); ``bandwidth`` of
+    its median time is the machine's memory bandwidth at that moment.
+    """
+
+    def __init__(self, elements: int = TRIAD_ELEMENTS) -> None:
+        self.a = torch.rand(elements)
+        self.b = torch.rand(elements)
+
+    def __call__(self) -> None:
+        self.a.add_(self.b, alpha=1e-7)
+
+    def bandwidth(self, seconds: float) -> float:
+        return 12 * self.a.numel() / seconds
+
+
+def triad_bandwidth(triad: Triad, repeats: int = 9) -> float:
+    """The triad's bandwidth, the median of ``repeats`` after two warm-ups."""
     times = []
     for _ in range(repeats + 2):
         start = time.perf_counter()
-        a.add_(b, alpha=1e-7)
+        triad()
         times.append(time.perf_counter() - start)
-    return 12 * elements / statistics.median(times[2:])
+    return triad.bandwidth(statistics.median(times[2:]))
 
 
 def split(total: int, count: int) -> list[int]:
@@ -178,9 +201,14 @@ def time_interleaved(
 
     One warm-up step each (which creates state), then rounds in which every
     step runs once, so that all of them see the same moments of a shared
-    machine and their ratios do not depend on when each was timed. As many
-    rounds as fit in ``seconds`` per step (at most ``repeats``) are timed, at
-    least three, or two when a round takes longer than a second per step.
+    machine and their ratios do not depend on when each was timed. Each
+    round takes the steps in a new random order (seeded), so that every
+    step follows each of the others about equally often: a step finds the
+    caches as the step before it left them, and at small sizes that moves
+    its time by a third.
+    As many rounds as fit in ``seconds`` per step (at most ``repeats``) are
+    timed, at least three, or two when a round takes longer than a second
+    per step.
     """
     firsts = []
     for step in steps:
@@ -191,11 +219,14 @@ def time_interleaved(
     least = 3 if per_round < len(steps) else 2
     rounds = max(least, min(repeats, int(seconds * len(steps) / per_round)))
     times: list[list[float]] = [[] for _ in steps]
+    order = list(range(len(steps)))
+    shuffle = random.Random(len(steps)).shuffle
     for _ in range(rounds):
-        for step, record in zip(steps, times, strict=True):
+        shuffle(order)
+        for index in order:
             start = time.perf_counter()
-            step()
-            record.append(time.perf_counter() - start)
+            steps[index]()
+            times[index].append(time.perf_counter() - start)
     return [statistics.median(record) for record in times]
 
 
@@ -249,13 +280,21 @@ TIMED_TOGETHER = (("adamw",), ("adam",), ("sgdw", "sgd"))
 
 
 def measure(
-    size: int, count: int, chosen: list[Variant], args: argparse.Namespace
+    size: int,
+    count: int,
+    chosen: list[Variant],
+    args: argparse.Namespace,
+    triad: Triad,
 ) -> dict[tuple[str, str], tuple[float, int]]:
     """Step time and extra memory of each variant on one model shape.
 
     The variants of each of ``TIMED_TOGETHER`` live at once and are timed in
     turn (see :func:`time_interleaved`); the families follow one another to
-    bound the memory held at once.
+    bound the memory held at once. From ``args.triad_min_size`` parameters
+    the triad takes its turn in each rotation too, and its bandwidth is
+    returned under ``(family, "triad")`` for each family of the rotation
+    (time in the slot of the seconds); below that size a triad between the
+    steps would evict their data from the caches.
     """
     generator = torch.Generator().manual_seed(size + count)
     params = [torch.randn(n, generator=generator) for n in split(size, count)]
@@ -273,9 +312,15 @@ def measure(
         if not batch:
             continue
         optimizers = [variant.make(params) for variant in batch]
+        steps = [optimizer.step for optimizer in optimizers]
+        with_triad = size >= args.triad_min_size
         times = time_interleaved(
-            [optimizer.step for optimizer in optimizers], args.seconds, args.repeats
+            steps + [triad] if with_triad else steps, args.seconds, args.repeats
         )
+        if with_triad:
+            bandwidth = triad.bandwidth(times.pop())
+            for family in families:
+                results[(family, "triad")] = (bandwidth, -1)
         for variant, optimizer, seconds in zip(batch, optimizers, times, strict=True):
             metered = args.memory and size <= args.memory_max_size
             memory = extra_memory(optimizer.step) if metered else -1
@@ -335,6 +380,20 @@ def main(argv: list[str] | None = None) -> int:
         default=1e8,
         help="time our per-tensor loops only up to this size (default %(default).0e)",
     )
+    parser.add_argument(
+        "--triad-min-size",
+        type=float,
+        default=1e7,
+        help="from this size the triad is timed in turn with the steps, and the "
+        "bound of those rows uses it (default %(default).0e)",
+    )
+    parser.add_argument(
+        "--triad-elements",
+        type=float,
+        default=TRIAD_ELEMENTS,
+        help="fp32 elements of each triad buffer, to exceed the caches "
+        "(default %(default)d)",
+    )
     parser.add_argument("--markdown", help="also write the table to this file")
     args = parser.parse_args(argv)
     families = args.families.split(",")
@@ -343,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         chosen += [v for v in variants() if v.family == "sgd" and not v.ours]
 
     load_start = os.getloadavg()
-    triads = [triad_bandwidth(1 << 26)]
+    triad = Triad(int(args.triad_elements))
+    triads = [triad_bandwidth(triad)]
     print(f"triad {triads[0] / 1e9:.2f} GB/s; timing...", file=sys.stderr)
     started = time.perf_counter()
     measured = []
@@ -351,10 +411,14 @@ def main(argv: list[str] | None = None) -> int:
         for count in parse_sizes(args.tensors):
             if count > size:
                 continue
-            results = measure(size, count, chosen, args)
+            results = measure(size, count, chosen, args, triad)
             measured.append((size, count, results))
-            triads.append(triad_bandwidth(1 << 26))
-            fastest = min(seconds for seconds, _ in results.values())
+            triads.append(triad_bandwidth(triad))
+            fastest = min(
+                seconds
+                for (_, name), (seconds, _) in results.items()
+                if name != "triad"
+            )
             print(
                 f"  {size:.0e} params in {count} tensors: fastest step "
                 f"{fastest * 1e3:.3f} ms, triad {triads[-1] / 1e9:.2f} GB/s",
@@ -364,30 +428,37 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     load_end = os.getloadavg()
 
-    # The bound uses the best triad of the run: the machine's bandwidth when
-    # least disturbed, so that the ratios are not flattered by a slow moment.
-    bandwidth = max(triads)
+    # Rows timed with the triad in their rotation take their bound from it:
+    # the bandwidth at the same moments of this shared machine. The others
+    # use the best triad of the run, the bandwidth when least disturbed, so
+    # that no ratio is flattered by a slow moment; the last column gives
+    # every row's ratio against that best triad.
+    best = max(triads)
     lines = [
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, numba "
         f"kernels {'on' if _kernels.available() else 'off'}; triad bandwidth "
-        f"{bandwidth / 1e9:.2f} GB/s (best of {len(triads)}, median "
-        f"{statistics.median(triads) / 1e9:.2f}); load average "
+        f"between shapes {best / 1e9:.2f} GB/s best of {len(triads)}, median "
+        f"{statistics.median(triads) / 1e9:.2f}; load average "
         f"{load_start[0]:.2f} at start, {load_end[0]:.2f} at end; {elapsed:.0f} s",
         "",
         "| size | tensors | optimizer | implementation | ms/step | / torch fused "
-        "| / bound | extra MB |",
-        "|---:|---:|---|---|---:|---:|---:|---:|",
+        "| / bound | extra MB | triad GB/s | / best bound |",
+        "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for size, count, results in measured:
         for (family, name), (seconds, memory) in results.items():
+            if name == "triad":
+                continue
             baseline_family = "sgd" if family == "sgdw" else family
             fused = results.get((baseline_family, "torch fused"))
-            bound = BYTES_PER_PARAM[family] * size / bandwidth
+            bandwidth = results.get((family, "triad"), (best,))[0]
+            moved = BYTES_PER_PARAM[family] * size
             ratio = f"{seconds / fused[0]:.2f}" if fused else "-"
             mb = f"{memory / 2**20:.1f}" if memory >= 0 else "-"
             lines.append(
                 f"| {size:.0e} | {count} | {family} | {name} "
-                f"| {seconds * 1e3:.3f} | {ratio} | {seconds / bound:.2f} | {mb} |"
+                f"| {seconds * 1e3:.3f} | {ratio} | {seconds * bandwidth / moved:.2f} "
+                f"| {mb} | {bandwidth / 1e9:.1f} | {seconds * best / moved:.2f} |"
             )
     text = "\n".join(lines)
     print(text)

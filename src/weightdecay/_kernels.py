@@ -435,6 +435,8 @@ class _Launch:
         self.flags = np.zeros(5, dtype=np.int64)
         self._split: tuple[int, list[np.ndarray], int, int] | None = None
         self._keep: tuple[np.ndarray, ...] = ()
+        self._calls: dict[str, Any] = {}  # kind: the entry through ctypes
+        self._written: tuple[tuple, tuple] = ((), ())  # the scalars in the arrays
 
     def _divide(self, threads: int) -> tuple[int, list[np.ndarray], int, int]:
         """Cut the chunks into runs for ``threads``; keep the headers.
@@ -491,7 +493,10 @@ class _Launch:
             split = self._divide(threads)
         _, runs, parallel, serial = split
         if len(runs) == 1:
-            _entry(kind, self.numpy_dtype)(serial)
+            call = self._calls.get(kind)
+            if call is None:
+                call = self._calls[kind] = _entry(kind, self.numpy_dtype)
+            call(serial)
             return
         if parallel:
             address = _entry_address(kind, self.numpy_dtype)
@@ -534,8 +539,10 @@ class _Launch:
             pairs = np.array([corrections[t] for t in steps])
             self.step_sizes[:] = pairs[:, 0]
             self.bias2_inverse[:] = pairs[:, 1]
-        self.coefficients[:] = (1.0 - beta1, beta2, 1.0 - beta2, eps, l2, 1.0 - decay)
-        self.flags[:4] = (amsgrad, maximize, l2 != 0.0, decay != 0.0)
+        self._scalars(
+            (1.0 - beta1, beta2, 1.0 - beta2, eps, l2, 1.0 - decay),
+            (amsgrad, maximize, l2 != 0.0, decay != 0.0),
+        )
         self.run("adam")
 
     def sgd(
@@ -548,9 +555,19 @@ class _Launch:
         maximize: bool,
     ) -> None:
         """Run the SGD kernel."""
-        self.coefficients[:4] = (lr, momentum, l2, 1.0 - decay)
-        self.flags[:] = (momentum != 0.0, nesterov, maximize, l2 != 0.0, decay != 0.0)
+        self._scalars(
+            (lr, momentum, l2, 1.0 - decay),
+            (momentum != 0.0, nesterov, maximize, l2 != 0.0, decay != 0.0),
+        )
         self.run("sgd")
+
+    def _scalars(self, coefficients: tuple, flags: tuple) -> None:
+        """Write the kernel's coefficients and flags where they changed."""
+        if coefficients != self._written[0]:
+            self.coefficients[: len(coefficients)] = coefficients
+        if flags != self._written[1]:
+            self.flags[: len(flags)] = flags
+        self._written = (coefficients, flags)
 
 
 def _select(rows: list[bool], items: Sequence[Any], keep: bool) -> list[Any]:
@@ -618,8 +635,12 @@ class Plan:
         self.keys = keys
         self.dicts = [state[p] for p in self.originals]
         self.state_tensors = [[d[key] for d in self.dicts] for key in keys]
+        # State tensor by state tensor: its dict, its key, the tensor.
+        self.key_dicts = self.dicts * len(keys)
+        self.key_names = [key for key in keys for _ in self.dicts]
+        self.held_states = list(itertools.chain(*self.state_tensors))
         # Parameters and state tensors, whose addresses must not move.
-        self.held = list(itertools.chain(self.originals, *self.state_tensors))
+        self.held = self.originals + self.held_states
         self.held_addresses = list(map(_data_ptr, self.held))
         self.complex = [p.is_complex() for p in self.originals]
         self.any_complex = any(self.complex)
@@ -665,13 +686,12 @@ class Plan:
             return False
         if not all(map(operator.is_, map(state.get, self.originals), self.dicts)):
             return False
-        for key, tensors in zip(self.keys, self.state_tensors, strict=True):
-            try:
-                current = map(operator.itemgetter(key), self.dicts)
-                if not all(map(operator.is_, current, tensors)):
-                    return False
-            except KeyError:
+        try:
+            current = map(operator.getitem, self.key_dicts, self.key_names)
+            if not all(map(operator.is_, current, self.held_states)):
                 return False
+        except KeyError:
+            return False
         if list(map(_data_ptr, self.held)) != self.held_addresses:
             return False
         params = self.kernel_params
@@ -691,12 +711,16 @@ class Plan:
         if not self._holds(group, state):
             return None
         grads = list(map(_grad_of, self.group_params))
-        present = list(map(operator.is_not, grads, itertools.repeat(None)))
-        if present != self.present:
-            return None
-        if not self.all_present:
+        if self.all_present:
+            if not all(map(operator.is_not, grads, itertools.repeat(None))):
+                return None
+        else:
+            present = list(map(operator.is_not, grads, itertools.repeat(None)))
+            if present != self.present:
+                return None
             grads = list(itertools.compress(grads, present))
-        grads = self._real(grads)
+        if self.any_complex:
+            grads = self._real(grads)
         kernel_grads = grads if self.all_rows else _select(self.rows, grads, True)
         # The type first: the other checks call Tensor methods directly.
         if not all(map(_PLAIN.__contains__, map(type, kernel_grads))):
