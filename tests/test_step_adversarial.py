@@ -1,0 +1,581 @@
+"""Adversarial checks of the step wrapper, grad mode and the kept kernel plan.
+
+The step wrapper of our optimizers replaces PyTorch's: it must observe the
+hooks, the profiler and the grad mode as ``torch.optim`` does, so each such
+test runs the same scenario on a ``torch.optim`` twin and on ours. The kernel
+tests drive the default CPU path (a kept plan, the serial kernel called
+through ctypes, small steps cut into chunks of 4096 elements and up) next to
+the per-tensor loop (``foreach=False``): ``max |a - b| <= tol * max |b|`` per
+tensor, ``tol`` 1e-6 in float32 and 1e-12 in float64.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import threading
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
+
+from closeness import assert_same_run
+from weightdecay import SGDW, AdamW, _kernels
+
+needs_kernels = pytest.mark.skipif(
+    not _kernels.available(), reason="numba is not installed"
+)
+
+TOL = {torch.float32: 1e-6, torch.float64: 1e-12}
+
+# Ours and the torch.optim class whose step wrapper, hooks and grad mode
+# ours must reproduce.
+TWINS = [(AdamW, torch.optim.AdamW), (SGDW, torch.optim.SGD)]
+TWIN_IDS = ["AdamW", "SGDW"]
+
+
+def one_param(cls: type) -> tuple[torch.optim.Optimizer, torch.nn.Parameter]:
+    param = torch.nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
+    param.grad = torch.tensor([0.5, 0.5, -0.5])
+    return cls([param], lr=0.1, weight_decay=0.0), param
+
+
+def make_params(
+    shapes: list, dtype: torch.dtype = torch.float32, seed: int = 0
+) -> list[torch.nn.Parameter]:
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        torch.nn.Parameter(torch.randn(shape, generator=generator, dtype=dtype))
+        for shape in shapes
+    ]
+
+
+def set_grads(params: list, t: int) -> None:
+    generator = torch.Generator().manual_seed(1000 + t)
+    for param in params:
+        grad = torch.randn(param.shape, generator=generator, dtype=torch.float64)
+        param.grad = (0.1 * grad).to(param.dtype)
+
+
+Hook = Callable[[torch.optim.Optimizer, list, int], None]
+
+
+def pair_run(
+    cls: type,
+    shapes: list,
+    steps: range,
+    before: Hook | None = None,
+    dtype: torch.dtype = torch.float32,
+    **options: Any,
+) -> tuple[Any, list, Any, list]:
+    """The same run, with a moving schedule, on the default path and on the
+    loop; ``before(optimizer, params, t)`` runs after the gradients are set."""
+    runs = []
+    for impl in ({}, {"foreach": False}):
+        params = make_params(shapes, dtype)
+        optimizer = cls(params, **{"lr": 0.01, "weight_decay": 1e-3, **options}, **impl)
+        for t in steps:
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * (0.55 + 0.45 * math.cos(t))
+            set_grads(params, t)
+            if before is not None:
+                before(optimizer, params, t)
+            optimizer.step()
+        runs.extend((optimizer, params))
+    return tuple(runs)
+
+
+def assert_planned(optimizer: torch.optim.Optimizer) -> None:
+    plans = optimizer.__dict__.get("_plans", {})
+    for group in optimizer.param_groups:
+        assert id(group) in plans and plans[id(group)].group is group
+
+
+# 1. The step's profiler label, for every observer that torch.optim serves.
+
+
+@pytest.mark.parametrize(("ours", "theirs"), TWINS, ids=TWIN_IDS)
+def test_execution_trace_observer_records_the_step(ours, theirs, tmp_path):
+    """An ``ExecutionTraceObserver`` running without the profiler records
+    every ``record_function`` label, so torch.optim's step appears in the
+    trace as ``Optimizer.step#<class>.step``; ours must appear too."""
+
+    def traced_names(cls: type) -> list[str]:
+        optimizer, _ = one_param(cls)
+        path = tmp_path / f"{cls.__module__}.{cls.__name__}.json"
+        observer = torch.profiler.ExecutionTraceObserver()
+        observer.register_callback(str(path))
+        observer.start()
+        try:
+            optimizer.step()
+        finally:
+            observer.stop()
+            observer.unregister_callback()
+        nodes = json.loads(path.read_text())["nodes"]
+        return [node["name"] for node in nodes if "Optimizer.step" in node["name"]]
+
+    assert traced_names(theirs) == [f"Optimizer.step#{theirs.__name__}.step"]
+    assert traced_names(ours) == [f"Optimizer.step#{ours.__name__}.step"]
+
+
+@pytest.mark.parametrize(("ours", "theirs"), TWINS, ids=TWIN_IDS)
+def test_profiler_of_all_threads_sees_a_step_from_another_thread(ours, theirs):
+    """A profiler started with ``profile_all_threads`` records the labels of
+    every thread, so torch.optim's step taken in a worker thread shows; ours
+    must show too, although the worker's own profiler state reads off."""
+
+    def profiled_names(cls: type) -> set[str]:
+        optimizer, _ = one_param(cls)
+        config = torch.profiler._ExperimentalConfig(profile_all_threads=True)
+        with torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU],
+            experimental_config=config,
+        ) as profiler:
+            worker = threading.Thread(target=optimizer.step)
+            worker.start()
+            worker.join()
+        return {event.name for event in profiler.events()}
+
+    assert f"Optimizer.step#{theirs.__name__}.step" in profiled_names(theirs)
+    assert f"Optimizer.step#{ours.__name__}.step" in profiled_names(ours)
+
+
+# 2. Hooks at the edges, side by side with torch.optim.
+
+
+def self_removing_hooks(optimizer: torch.optim.Optimizer) -> list:
+    log: list = []
+    handles: dict[str, Any] = {}
+
+    def pre(opt, args, kwargs):
+        log.append("pre")
+        handles["pre"].remove()
+
+    def post(opt, args, kwargs):
+        log.append("post")
+        handles["post"].remove()
+
+    handles["pre"] = optimizer.register_step_pre_hook(pre)
+    handles["post"] = optimizer.register_step_post_hook(post)
+    optimizer.step()
+    optimizer.step()
+    return log
+
+
+def pre_hook_registers_post_hook(optimizer: torch.optim.Optimizer) -> list:
+    log: list = []
+
+    def pre(opt, args, kwargs):
+        if not log:
+            log.append("pre")
+            opt.register_step_post_hook(lambda o, a, k: log.append("late post"))
+
+    optimizer.register_step_pre_hook(pre)
+    optimizer.step()
+    optimizer.step()
+    return log
+
+
+def closure_registers_post_hooks(optimizer: torch.optim.Optimizer) -> list:
+    """No pre-hook at all (our wrapper's shortcut), post-hooks added during
+    the step: they run after this very step."""
+    log: list = []
+    handles = []
+
+    def closure():
+        if not handles:
+            optimizer.register_step_post_hook(lambda o, a, k: log.append("post"))
+            handles.append(
+                register_optimizer_step_post_hook(lambda o, a, k: log.append("gpost"))
+            )
+        log.append("closure")
+        return 2.5
+
+    try:
+        log.append(optimizer.step(closure))
+        log.append(optimizer.step())
+    finally:
+        for handle in handles:
+            handle.remove()
+    return log
+
+
+def global_pre_hook_adds_instance_pre_hook(optimizer: torch.optim.Optimizer) -> list:
+    log: list = []
+
+    def global_pre(opt, args, kwargs):
+        if opt is optimizer and not log:
+            log.append("global pre")
+            opt.register_step_pre_hook(lambda o, a, k: log.append("instance pre"))
+
+    handle = register_optimizer_step_pre_hook(global_pre)
+    try:
+        optimizer.step()
+    finally:
+        handle.remove()
+    optimizer.step()
+    return log
+
+
+def arguments_replaced_by_a_list(optimizer: torch.optim.Optimizer) -> list:
+    log: list = []
+
+    def pre(opt, args, kwargs):
+        return [opt], {"closure": lambda: 7.0}
+
+    def post(opt, args, kwargs):
+        log.append((type(args).__name__, len(args), sorted(kwargs)))
+
+    optimizer.register_step_pre_hook(pre)
+    optimizer.register_step_post_hook(post)
+    log.append(optimizer.step())
+    return log
+
+
+HOOK_SCENARIOS = {
+    "self_removing": (self_removing_hooks, ["pre", "post"]),
+    "pre_registers_post": (
+        pre_hook_registers_post_hook,
+        ["pre", "late post", "late post"],
+    ),
+    "closure_registers_post": (
+        closure_registers_post_hooks,
+        ["closure", "post", "gpost", 2.5, "post", "gpost", None],
+    ),
+    "global_adds_instance": (
+        global_pre_hook_adds_instance_pre_hook,
+        ["global pre", "instance pre", "instance pre"],
+    ),
+    "list_arguments": (arguments_replaced_by_a_list, [("list", 1, ["closure"]), 7.0]),
+}
+
+
+@pytest.mark.parametrize("scenario", HOOK_SCENARIOS)
+@pytest.mark.parametrize(("ours", "theirs"), TWINS, ids=TWIN_IDS)
+def test_hook_edge_cases_run_as_in_torch(ours, theirs, scenario):
+    function, expected = HOOK_SCENARIOS[scenario]
+    logs = [function(one_param(cls)[0]) for cls in (theirs, ours)]
+    assert logs[0] == expected
+    assert logs[1] == logs[0]
+
+
+class PlainAdamW(AdamW):
+    """A subclass that keeps the inherited step."""
+
+
+class OverridingAdamW(AdamW):
+    """A subclass whose step calls the inherited one."""
+
+    def step(self, closure=None):
+        return super().step(closure)
+
+
+class PlainTorchAdamW(torch.optim.AdamW):
+    pass
+
+
+class OverridingTorchAdamW(torch.optim.AdamW):
+    def step(self, closure=None):
+        return super().step(closure)
+
+
+def test_subclasses_run_hooks_and_label_as_torch_subclasses():
+    """Each class's step is wrapped once: a subclass of ours runs its hooks
+    as many times per step as the same subclass of torch.optim.AdamW, and is
+    profiled under its own name."""
+    one_param(AdamW), one_param(torch.optim.AdamW)  # the bases wrapped first
+    counts = {}
+    for cls in (PlainAdamW, OverridingAdamW, PlainTorchAdamW, OverridingTorchAdamW):
+        optimizer, param = one_param(cls)
+        calls = []
+        optimizer.register_step_pre_hook(lambda o, a, k, c=calls: c.append("pre"))
+        optimizer.register_step_post_hook(lambda o, a, k, c=calls: c.append("post"))
+        before = param.detach().clone()
+        optimizer.step()
+        assert not torch.equal(param.detach(), before)
+        counts[cls.__name__] = len(calls)
+        assert getattr(cls.step, "hooked", False)
+    assert counts["PlainAdamW"] == counts["PlainTorchAdamW"] == 2
+    assert counts["OverridingAdamW"] == counts["OverridingTorchAdamW"]
+
+    optimizer, _ = one_param(PlainAdamW)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as p:
+        optimizer.step()
+    assert "Optimizer.step#PlainAdamW.step" in {event.name for event in p.events()}
+
+
+# 3. Grad mode around closures that misbehave.
+
+
+@pytest.mark.parametrize(("ours", "theirs"), TWINS, ids=TWIN_IDS)
+def test_grad_mode_after_a_closure_switches_it_off_or_raises(ours, theirs):
+    """A closure that switches grad mode off, and one that then raises, leave
+    the caller's mode as torch.optim leaves it."""
+
+    def switch_off():
+        torch.set_grad_enabled(False)
+        return 1.0
+
+    def switch_off_and_raise():
+        torch.set_grad_enabled(False)
+        raise ValueError("closure failed")
+
+    results = []
+    for cls in (theirs, ours):
+        optimizer, param = one_param(cls)
+        modes = []
+        for outer in (True, False):
+            with torch.set_grad_enabled(outer):
+                optimizer.step(switch_off)
+                modes.append(torch.is_grad_enabled())
+                with pytest.raises(ValueError, match="closure failed"):
+                    optimizer.step(switch_off_and_raise)
+                modes.append(torch.is_grad_enabled())
+        results.append(modes)
+        assert param.grad_fn is None
+    assert results[0] == [True, True, False, False]
+    assert results[1] == results[0]
+
+
+@needs_kernels
+@pytest.mark.parametrize("cls", [AdamW, SGDW])
+def test_step_under_inference_mode_matches_the_loop(cls):
+    """Under ``torch.inference_mode`` the closure still runs with grad
+    enabled and the update on the kernel path equals the loop's."""
+    modes = []
+
+    def step_in_inference(optimizer, params, t):
+        def closure():
+            modes.append(torch.is_grad_enabled())
+            return 0.0
+
+        if t == 3:
+            with torch.inference_mode():
+                optimizer.step(closure)
+
+    fast, fp, loop, lp = pair_run(
+        cls, [(5, 5), (7,), (1,)], range(1, 6), before=step_in_inference
+    )
+    assert modes == [True, True]
+    assert fast.state[fp[0]]["step"] == 6
+    assert_planned(fast)
+    assert_same_run(fast, fp, loop, lp, TOL[torch.float32])
+
+
+# 4. State changed between steps behind the plan.
+
+
+@needs_kernels
+@pytest.mark.parametrize("cls", [AdamW, SGDW])
+def test_state_dicts_swapped_and_state_replaced_wholesale(cls):
+    """Two same-shape parameters' state dicts swapped, ``optimizer.state``
+    replaced by a new mapping of the same dicts, then by one of scaled
+    copies: the next steps read the state the loop reads."""
+
+    def change(optimizer, params, t):
+        state = optimizer.state
+        if t == 3:
+            state[params[0]], state[params[1]] = state[params[1]], state[params[0]]
+            state[params[0]]["step"] += 2
+        elif t == 4:
+            optimizer.state = defaultdict(dict, state)
+        elif t == 6:
+            optimizer.state = defaultdict(
+                dict,
+                {
+                    p: {k: v * 0.5 if torch.is_tensor(v) else v for k, v in d.items()}
+                    for p, d in state.items()
+                },
+            )
+
+    options = {"momentum": 0.9} if cls is SGDW else {"amsgrad": True}
+    fast, fp, loop, lp = pair_run(
+        cls, [(5, 5), (5, 5), (7,), (1,)], range(1, 9), before=change, **options
+    )
+    assert fast.state[fp[0]]["step"] == 8 + 2
+    assert_planned(fast)
+    assert_same_run(fast, fp, loop, lp, TOL[torch.float32])
+
+
+@needs_kernels
+def test_momentum_buffer_replaced_by_a_float64_tensor():
+    """A float32 parameter's momentum buffer replaced by a float64 copy
+    leaves the kernel's rows; that row steps on PyTorch's kernels as the
+    loop does, the others stay on the kernel."""
+
+    def widen(optimizer, params, t):
+        if t == 4:
+            state = optimizer.state[params[0]]
+            state["momentum_buffer"] = state["momentum_buffer"].double()
+
+    fast, fp, loop, lp = pair_run(
+        SGDW, [(5, 5), (7,), (1,)], range(1, 8), before=widen, momentum=0.9
+    )
+    assert fast.state[fp[0]]["momentum_buffer"].dtype == torch.float64
+    assert_planned(fast)
+    plan = next(iter(fast._plans.values()))
+    assert plan.rows == [False, True, True]
+    assert_same_run(fast, fp, loop, lp, TOL[torch.float32])
+
+
+@needs_kernels
+@pytest.mark.parametrize("cls", [AdamW, SGDW])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_options_alternating_every_step_under_a_kept_plan(cls, dtype):
+    """Flags and coefficients that flip on alternate steps, out of phase
+    (the kernel's scalars are rewritten only when they change), take effect
+    at each step."""
+
+    def flip(optimizer, params, t):
+        group = optimizer.param_groups[0]
+        group["maximize"] = t % 2 == 0
+        group["weight_decay"] = 0.0 if t % 3 == 0 else 2e-3
+        if cls is AdamW:
+            group["eps"] = 1e-8 if t % 4 < 2 else 1e-3
+            group["betas"] = (0.9, 0.999) if t % 5 else (0.5, 0.9)
+        else:
+            group["nesterov"] = t % 4 < 2
+            group["momentum"] = 0.9 if t % 5 else 0.5
+
+    options = {"momentum": 0.9} if cls is SGDW else {}
+    fast, fp, loop, lp = pair_run(
+        cls, [(5, 5), (7,), (1,)], range(1, 13), before=flip, dtype=dtype, **options
+    )
+    assert_planned(fast)
+    assert_same_run(fast, fp, loop, lp, TOL[dtype])
+
+
+# 5. The kernel's calls: chunk boundaries, threads, fork.
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    "numels", [[4096], [16383], [16384], [65536], [65537], [1, 4095, 12288, 4097]]
+)
+@pytest.mark.parametrize("cls", [AdamW, SGDW])
+def test_chunk_boundary_sizes_on_pytorchs_team(cls, numels):
+    """Steps whose sizes sit on the chunk sizes (4096, 65536) and on the
+    parallel threshold (2^14), run on PyTorch's OpenMP team of two, equal
+    the loop."""
+    if _kernels._openmp() is None:
+        pytest.skip("PyTorch's OpenMP runtime was not found here")
+    chunks = _kernels._chunk_table(numels)
+    runs = len(_kernels._bounds(chunks, threads=2)) - 1
+    assert (runs > 1) is (sum(numels) >= _kernels._PARALLEL_MIN_OPENMP)
+    options = {"momentum": 0.9, "nesterov": True} if cls is SGDW else {}
+    if cls is AdamW:
+        options["amsgrad"] = True
+    shapes = [(n,) for n in numels]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fast, fp, loop, lp = pair_run(cls, shapes, range(1, 4), **options)
+    finally:
+        torch.set_num_threads(threads)
+    assert_planned(fast)
+    assert_same_run(fast, fp, loop, lp, TOL[torch.float32])
+
+
+@needs_kernels
+def test_serial_steps_from_two_threads_at_once_match_the_loop():
+    """Small steps run in the calling thread through ctypes, which releases
+    the GIL: two threads stepping their own optimizers at once each match
+    the loop."""
+    shapes = [(33, 17), (300,), (1,)]
+    assert sum(math.prod(s) for s in shapes) < _kernels._PARALLEL_MIN_OPENMP
+    steps = range(1, 41)
+    runs = [(cls, make_params(shapes, seed=i)) for i, cls in enumerate((AdamW, SGDW))]
+    optimizers: list = [None, None]
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def work(index: int) -> None:
+        try:
+            cls, params = runs[index]
+            optimizers[index] = optimizer = cls(params, lr=0.01, weight_decay=1e-3)
+            start.wait()
+            for t in steps:
+                set_grads(params, t)
+                optimizer.step()
+        except BaseException as error:  # re-raised in the test's thread
+            errors.append(error)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert errors == []
+    for index, (cls, params) in enumerate(runs):
+        loop_params = make_params(shapes, seed=index)
+        loop = cls(loop_params, lr=0.01, weight_decay=1e-3, foreach=False)
+        for t in steps:
+            set_grads(loop_params, t)
+            loop.step()
+        assert_planned(optimizers[index])
+        assert_same_run(optimizers[index], params, loop, loop_params, 1e-6)
+
+
+def in_child(function: Callable[[], float]) -> tuple[int, float | None]:
+    """Run ``function`` in a forked child; its exit code and result."""
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
+        pid = os.fork()
+    if pid == 0:  # the child never returns into pytest
+        code = 1
+        try:
+            os.close(read)
+            os.write(write, repr(function()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    deadline = time.monotonic() + 60
+    while (waited := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(read)
+            raise TimeoutError("the forked child did not finish within 60 s")
+        time.sleep(0.01)
+    with os.fdopen(read) as pipe:
+        text = pipe.read()
+    return os.waitstatus_to_exitcode(waited[1]), float(text) if text else None
+
+
+@needs_kernels
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("cls", [AdamW, SGDW])
+def test_serial_kernel_steps_in_a_forked_child(cls):
+    """The serial kernel, called through the ctypes entry the parent made,
+    steps a forked child's copy of the parameters as the parent's own step
+    does. The child runs the kept plan and numpy only."""
+    assert torch.get_num_threads() == 1
+    params = make_params([(5, 5), (7,), (1,)])
+    optimizer = cls(params, lr=0.01, weight_decay=1e-3)
+    for t in (1, 2, 3):
+        set_grads(params, t)
+        if t < 3:
+            optimizer.step()
+    assert_planned(optimizer)
+
+    def child_step() -> float:
+        optimizer.step()
+        return float(sum(p.detach().numpy().astype("float64").sum() for p in params))
+
+    code, child_sum = in_child(child_step)
+    optimizer.step()
+    parent_sum = sum(p.detach().double().sum().item() for p in params)
+    assert code == 0
+    assert child_sum == parent_sum
