@@ -63,7 +63,8 @@ def make_params(
 def set_grads(params: list, t: int) -> None:
     generator = torch.Generator().manual_seed(1000 + t)
     for param in params:
-        grad = torch.randn(param.shape, generator=generator, dtype=torch.float64)
+        wide = torch.complex128 if param.is_complex() else torch.float64
+        grad = torch.randn(param.shape, generator=generator, dtype=wide)
         param.grad = (0.1 * grad).to(param.dtype)
 
 
@@ -458,32 +459,71 @@ def test_options_alternating_every_step_under_a_kept_plan(cls, dtype):
 # 5. The kernel's calls: chunk boundaries, threads, fork.
 
 
+BOUNDARY_SIZES = [[4096], [16383], [16384], [65536], [65537], [1, 4095, 12288, 4097]]
+
+
 @needs_kernels
-@pytest.mark.parametrize(
-    "numels", [[4096], [16383], [16384], [65536], [65537], [1, 4095, 12288, 4097]]
-)
+@pytest.mark.parametrize("numels", BOUNDARY_SIZES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64])
 @pytest.mark.parametrize("cls", [AdamW, SGDW])
-def test_chunk_boundary_sizes_on_pytorchs_team(cls, numels):
-    """Steps whose sizes sit on the chunk sizes (4096, 65536) and on the
-    parallel threshold (2^14), run on PyTorch's OpenMP team of two, equal
-    the loop."""
+def test_chunk_boundary_sizes_on_pytorchs_team(cls, dtype, numels):
+    """Steps whose sizes (in real elements) sit on the chunk sizes (4096,
+    65536) and on the parallel threshold (2^14), run on PyTorch's OpenMP
+    team of two, equal the loop."""
     if _kernels._openmp() is None:
         pytest.skip("PyTorch's OpenMP runtime was not found here")
+    if dtype.is_complex and any(n % 2 for n in numels):
+        numels = [n + n % 2 for n in numels]  # whole complex elements
     chunks = _kernels._chunk_table(numels)
     runs = len(_kernels._bounds(chunks, threads=2)) - 1
     assert (runs > 1) is (sum(numels) >= _kernels._PARALLEL_MIN_OPENMP)
     options = {"momentum": 0.9, "nesterov": True} if cls is SGDW else {}
     if cls is AdamW:
         options["amsgrad"] = True
-    shapes = [(n,) for n in numels]
+    shapes = [(n // 2 if dtype.is_complex else n,) for n in numels]
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        fast, fp, loop, lp = pair_run(cls, shapes, range(1, 4), **options)
+        fast, fp, loop, lp = pair_run(cls, shapes, range(1, 4), dtype=dtype, **options)
     finally:
         torch.set_num_threads(threads)
     assert_planned(fast)
-    assert_same_run(fast, fp, loop, lp, TOL[torch.float32])
+    real = torch.float64 if dtype is torch.float64 else torch.float32
+    assert_same_run(fast, fp, loop, lp, TOL[real])
+
+
+@needs_kernels
+@pytest.mark.parametrize("cls", [AdamW, SGDW])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_empty_parameters_beside_others_and_alone(cls, threads):
+    """Parameters without elements (no chunk of their own) in a group with
+    others, small or on the team, and in a group of their own, step as the
+    loop steps them."""
+    shapes = [(0,), (5, 5), (0, 3), (20000,), (1,), (0,)]
+    options = {"momentum": 0.9} if cls is SGDW else {"amsgrad": True}
+    runs = []
+    for impl in ({}, {"foreach": False}):
+        params = make_params(shapes)
+        groups = [{"params": params[:5]}, {"params": params[5:]}]
+        optimizer = cls(groups, lr=0.01, weight_decay=1e-3, **options, **impl)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            for t in range(1, 5):
+                set_grads(params, t)
+                optimizer.step()
+        finally:
+            torch.set_num_threads(previous)
+        runs.append((optimizer, params))
+    (fast, fp), (loop, lp) = runs
+    assert_planned(fast)
+    for index in (0, 2, 5):
+        assert fp[index].shape == shapes[index]
+        assert fast.state[fp[index]]["step"] == loop.state[lp[index]]["step"] == 4
+    full = [1, 3, 4]
+    assert_same_run(
+        fast, [fp[i] for i in full], loop, [lp[i] for i in full], TOL[torch.float32]
+    )
 
 
 @needs_kernels
