@@ -29,7 +29,7 @@ from torch.optim.optimizer import (
     register_optimizer_step_pre_hook,
 )
 
-from closeness import assert_same_run
+from closeness import assert_near, assert_same_run
 from weightdecay import SGDW, AdamW, _kernels
 
 needs_kernels = pytest.mark.skipif(
@@ -454,6 +454,32 @@ def test_options_alternating_every_step_under_a_kept_plan(cls, dtype):
     )
     assert_planned(fast)
     assert_same_run(fast, fp, loop, lp, TOL[dtype])
+
+
+@pytest.mark.parametrize("impl", [{}, {"foreach": False}], ids=["default", "loop"])
+def test_resumed_from_torch_adamw_state_with_tensor_step_counts(impl):
+    """AdamW with ``decay_scaling="lr"`` continuing from torch.optim.AdamW's
+    state (its step counts are float32 tensors) follows torch.optim.AdamW,
+    which reads a tensor count as a Python number, to float64 rounding."""
+    dtype = torch.float64
+    shapes = [(5, 5), (7,), (1,)]
+    theirs_params = make_params(shapes, dtype)
+    theirs = torch.optim.AdamW(theirs_params, lr=0.01, weight_decay=0.1)
+    for t in (1, 2, 3):
+        set_grads(theirs_params, t)
+        theirs.step()
+    ours_params = [torch.nn.Parameter(p.detach().clone()) for p in theirs_params]
+    ours = AdamW(ours_params, lr=0.01, weight_decay=0.1, decay_scaling="lr", **impl)
+    for mine, source in zip(ours_params, theirs_params, strict=True):
+        ours.state[mine] = {k: v.clone() for k, v in theirs.state[source].items()}
+    assert torch.is_tensor(ours.state[ours_params[0]]["step"])
+    for t in range(4, 9):
+        for optimizer, params in ((theirs, theirs_params), (ours, ours_params)):
+            optimizer.param_groups[0]["lr"] = 0.01 * (0.55 + 0.45 * math.cos(t))
+            set_grads(params, t)
+            optimizer.step()
+    for mine, source in zip(ours_params, theirs_params, strict=True):
+        assert_near(mine.detach(), source.detach(), TOL[dtype])
 
 
 # 5. The kernel's calls: chunk boundaries, threads, fork.
