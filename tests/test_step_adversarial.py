@@ -486,6 +486,37 @@ def test_resumed_from_torch_adamw_state_with_tensor_step_counts(impl):
         assert_near(mine.detach(), source.detach(), TOL[dtype])
 
 
+def negated_view_grad(numel: int, t: int) -> torch.Tensor:
+    """A contiguous gradient that holds ``-x`` as ``x`` and the negative bit
+    (a lazy negation): the imaginary part of a conjugated complex tensor,
+    contiguous when it has one element; ``torch._neg_view`` for more."""
+    values = torch.linspace(-1.0, 1.0, numel) * 0.1 * t
+    if numel == 1:
+        grad = torch.complex(torch.zeros(1), values).conj().imag
+    else:
+        grad = torch._neg_view(values)
+    assert grad.is_neg() and grad.is_contiguous()
+    assert torch.equal(grad, -values)
+    return grad
+
+
+@needs_kernels
+@pytest.mark.parametrize("numel", [1, 9])
+@pytest.mark.parametrize("cls", [AdamW, SGDW])
+def test_gradient_with_the_negative_bit(cls, numel):
+    """A gradient whose values are its memory negated (the negative bit)
+    steps the parameter by its values, as the loop and torch.optim do."""
+    runs = []
+    for impl in ({}, {"foreach": False}):
+        params = make_params([(numel,)])
+        optimizer = cls(params, lr=0.1, weight_decay=1e-3, **impl)
+        for t in (1, 2, 3):
+            params[0].grad = negated_view_grad(numel, t)
+            optimizer.step()
+        runs.extend((optimizer, params))
+    assert_same_run(*runs, TOL[torch.float32])
+
+
 # 5. The kernel's calls: chunk boundaries, threads, fork.
 
 
