@@ -517,6 +517,54 @@ def test_gradient_with_the_negative_bit(cls, numel):
     assert_same_run(*runs, TOL[torch.float32])
 
 
+def outcome(run: Callable[[], Any]) -> Any:
+    """``run()``, or the type and message of the exception it raised."""
+    try:
+        return run()
+    except Exception as error:  # compared between the two paths
+        return type(error), str(error)
+
+
+@needs_kernels
+@pytest.mark.parametrize("cls", [AdamW, SGDW])
+@pytest.mark.parametrize(
+    "count", [2.5, torch.tensor(2.5), 3.0, torch.tensor(3.0)], ids=repr
+)
+def test_step_count_set_in_place_under_a_kept_plan(cls, count):
+    """A step count written into the existing state dict (the plan keeps
+    the dict) as a float or a tensor, whole or not, is treated by the
+    default path exactly as by the loop: the same error, or the same run."""
+
+    def set_count(optimizer, params, t):
+        if t == 4:
+            value = count.clone() if torch.is_tensor(count) else count
+            optimizer.state[params[0]]["step"] = value
+
+    results = []
+    for impl in ({}, {"foreach": False}):
+
+        def run(impl=impl):
+            params = make_params([(5, 5), (7,), (1,)])
+            optimizer = cls(params, lr=0.01, weight_decay=1e-3, **impl)
+            for t in range(1, 7):
+                set_grads(params, t)
+                set_count(optimizer, params, t)
+                optimizer.step()
+            return optimizer, params
+
+        results.append(outcome(run))
+    fast, loop = results
+    if isinstance(loop[0], type):  # the loop refused the count
+        assert fast == loop
+        return
+    assert not isinstance(fast[0], type), fast
+    assert float(fast[0].state[fast[1][0]]["step"]) == float(
+        loop[0].state[loop[1][0]]["step"]
+    )
+    for pa, pb in zip(fast[1], loop[1], strict=True):
+        assert_near(pa.detach(), pb.detach(), TOL[torch.float32])
+
+
 # 5. The kernel's calls: chunk boundaries, threads, fork.
 
 
