@@ -517,6 +517,34 @@ def test_gradient_with_the_negative_bit(cls, numel):
     assert_same_run(*runs, TOL[torch.float32])
 
 
+@needs_kernels
+@pytest.mark.parametrize("cls", [AdamW, SGDW])
+def test_state_tensor_with_the_negative_bit(cls):
+    """State tensors replaced by lazily negated views of other memory (the
+    negative bit) are read and written through their values, as the loop
+    does."""
+    key = "momentum_buffer" if cls is SGDW else "exp_avg"
+
+    def negate(optimizer, params, t):
+        if t == 3:
+            state = optimizer.state[params[0]]
+            state[key] = torch._neg_view(-state[key])
+            # One element: the public way, the imaginary part of a conjugate.
+            state = optimizer.state[params[2]]
+            imaginary = torch.complex(torch.zeros(1), -state[key])
+            state[key] = imaginary.conj().imag
+            for param in (params[0], params[2]):
+                tensor = optimizer.state[param][key]
+                assert tensor.is_neg() and tensor.is_contiguous()
+
+    options = {"momentum": 0.9} if cls is SGDW else {}
+    fast, fp, loop, lp = pair_run(
+        cls, [(5, 5), (7,), (1,)], range(1, 6), before=negate, **options
+    )
+    assert_planned(fast)
+    assert_same_run(fast, fp, loop, lp, TOL[torch.float32])
+
+
 def outcome(run: Callable[[], Any]) -> Any:
     """``run()``, or the type and message of the exception it raised."""
     try:
