@@ -9,6 +9,8 @@ event, the grad mode around and inside the step, and the closure.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch.optim.optimizer import (
@@ -130,3 +132,77 @@ def test_lr_scheduler_finds_the_step_wrapped_and_does_not_warn(recwarn):
     scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
     assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("foreach", [None, False])
+def test_tensor_step_count_becomes_an_int(cls, foreach):
+    """A float32 tensor count (torch.optim's form) is read as a whole number,
+    also when set after the kernel's plan was built."""
+    optimizer, param = make(cls, foreach)
+    optimizer.step()
+    optimizer.state[param]["step"] = torch.tensor(41.0)
+    optimizer.step()
+    assert optimizer.state[param]["step"] == 42
+    assert type(optimizer.state[param]["step"]) is int
+    optimizer.state[param] = {
+        key: value.clone() if torch.is_tensor(value) else torch.tensor(float(value))
+        for key, value in optimizer.state[param].items()
+    }
+    optimizer.step()
+    assert type(optimizer.state[param]["step"]) is int
+    assert optimizer.state[param]["step"] == 43
+
+
+def test_fractional_tensor_step_count_is_refused():
+    optimizer, param = make(AdamW, foreach=False)
+    optimizer.step()
+    optimizer.state[param] = {**optimizer.state[param], "step": torch.tensor(2.5)}
+    with pytest.raises(ValueError, match=r"state\['step'\].*2\.5"):
+        optimizer.step()
+
+
+@pytest.mark.parametrize("scaling", ["lr", "schedule"])
+def test_torch_adamw_state_dict_loads_in_torch_units_and_continues_as_torch(scaling):
+    """A state dict saved by torch.optim.AdamW (no decay_scaling, tensor step
+    counts) continues exactly as torch.optim.AdamW continues it."""
+    generator = torch.Generator().manual_seed(3)
+    start = [torch.randn(4, 3, generator=generator, dtype=torch.float64)]
+    grads = [
+        torch.randn(4, 3, generator=generator, dtype=torch.float64) for _ in range(6)
+    ]
+    theirs_param = torch.nn.Parameter(start[0].clone())
+    theirs = torch.optim.AdamW([theirs_param], lr=0.01, weight_decay=0.1)
+    for grad in grads[:3]:
+        theirs_param.grad = grad.clone()
+        theirs.step()
+    ours_param = torch.nn.Parameter(theirs_param.detach().clone())
+    ours = AdamW([ours_param], lr=0.5, weight_decay=1e-4, decay_scaling=scaling)
+    saved = copy.deepcopy(theirs.state_dict())  # loading shares state tensors
+    if scaling == "lr":
+        ours.load_state_dict(saved)
+    else:
+        with pytest.warns(UserWarning, match="weight_decay=0.1 is read in PyTorch's"):
+            ours.load_state_dict(saved)
+    group = ours.param_groups[0]
+    assert group["decay_scaling"] == "lr" and group["initial_lr"] == 0.01
+    for grad in grads[3:]:
+        for param, optimizer in ((theirs_param, theirs), (ours_param, ours)):
+            param.grad = grad.clone()
+            optimizer.step()
+    scale = theirs_param.detach().abs().max()
+    assert (ours_param.detach() - theirs_param.detach()).abs().max() <= 1e-12 * scale
+    assert type(ours.state[ours_param]["step"]) is int
+
+
+def test_own_state_dict_round_trip_keeps_per_group_units():
+    params = [torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(3))]
+    optimizer = AdamW([params[0]], lr=0.1, weight_decay=1e-4)
+    optimizer.add_param_group(
+        {"params": [params[1]], "decay_scaling": "lr", "weight_decay": 0.01}
+    )
+    saved = optimizer.state_dict()
+    fresh = AdamW([params[0]], lr=0.1, weight_decay=1e-4)
+    fresh.add_param_group({"params": [params[1]]})
+    fresh.load_state_dict(saved)  # no warning: both groups carry their units
+    assert [g["decay_scaling"] for g in fresh.param_groups] == ["schedule", "lr"]

@@ -112,14 +112,19 @@ def _inspect(
     """Per row: whether the kernel may take it, the data addresses, the size.
 
     A row qualifies when all its tensors are plain (no subclass), contiguous
-    CPU tensors of the first parameter's dtype and of one size. Raw addresses
+    CPU tensors of the first parameter's dtype and of one size, whose memory
+    holds their values (not a lazily negated view, ``Tensor.is_neg``). Raw addresses
     are handed to the kernels, so these conditions guard memory safety, not
     only speed; a row that fails runs on PyTorch's kernels instead.
     """
     dtype = params[0].dtype
     ok = dtype in _DTYPES
     rows = [
-        ok and type(param) in _PLAIN and param.dtype is dtype and param.is_contiguous()
+        ok
+        and type(param) in _PLAIN
+        and param.dtype is dtype
+        and param.is_contiguous()
+        and not param.is_neg()
         for param in params
     ]
     numels = [param.numel() for param in params]
@@ -132,6 +137,7 @@ def _inspect(
                 and tensor.dtype is dtype
                 and tensor.numel() == numels[i]
                 and tensor.is_contiguous()
+                and not tensor.is_neg()
             )
         addresses.append([tensor.data_ptr() for tensor in tensors])
     return rows, addresses, numels
@@ -578,6 +584,7 @@ def _select(rows: list[bool], items: Sequence[Any], keep: bool) -> list[Any]:
 _data_ptr = Tensor.data_ptr
 _numel = Tensor.numel
 _is_contiguous = Tensor.is_contiguous
+_is_neg = Tensor.is_neg
 _grad_of = operator.attrgetter("grad")
 _dtype_of = operator.attrgetter("dtype")
 _is_cpu_of = operator.attrgetter("is_cpu")
@@ -596,7 +603,7 @@ class Plan:
     data address of a parameter or state tensor (``tensor.data = ...``), the
     state dict of a parameter or one of its state tensors
     (``load_state_dict``), the group's ``foreach``/``fused`` flags, or a
-    gradient's device, layout, dtype or size.
+    gradient's device, layout, dtype, size or negative bit.
 
     Every address handed to the kernels is read from its tensor at that
     step and compared with the plan's, so a storage that was freed or moved
@@ -695,8 +702,10 @@ class Plan:
         if list(map(_data_ptr, self.held)) != self.held_addresses:
             return False
         params = self.kernel_params
-        return list(map(_numel, params)) == self.grad_numels and all(
-            map(_is_contiguous, params)
+        return (
+            list(map(_numel, params)) == self.grad_numels
+            and all(map(_is_contiguous, params))
+            and not any(map(_is_neg, params))
         )
 
     def refresh(
@@ -737,6 +746,7 @@ class Plan:
                 )
                 and list(map(_numel, kernel_grads)) == self.grad_numels
                 and all(map(_is_contiguous, kernel_grads))
+                and not any(map(_is_neg, kernel_grads))
             ):
                 return None
         except RuntimeError:  # sparse gradients have no strides
@@ -746,8 +756,15 @@ class Plan:
         return [] if self.all_rows else _select(self.rows, grads, False)
 
     def advance(self) -> list[int]:
-        """Count this step in every parameter's state; the new step counts."""
+        """Count this step in every parameter's state; the new step counts.
+
+        A count set to another type since the plan was built (``torch.optim``
+        keeps float32 tensors) is read as the per-tensor loop reads it
+        (``_update.whole_step_count``).
+        """
         for d in self.dicts:
+            if type(d["step"]) is not int:
+                _update.whole_step_count(d)
             d["step"] += 1
         return [d["step"] for d in self.dicts]
 

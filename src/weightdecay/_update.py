@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -33,6 +34,48 @@ __all__ = [
     "sgd_foreach",
     "sgd_for_loop",
 ]
+
+
+def settle_state(state: dict[str, Any]) -> None:
+    """Bring one parameter's state to the form the step functions take.
+
+    In place: the step count becomes a Python int (see
+    :func:`whole_step_count`), and a state tensor that is a lazy negation
+    (``Tensor.is_neg``) is materialized, because PyTorch's multi-tensor
+    kernels cannot write through one.
+    """
+    whole_step_count(state)
+    for key, value in state.items():
+        if isinstance(value, Tensor) and value.is_neg():
+            state[key] = value.resolve_neg()
+
+
+def whole_step_count(state: dict[str, Any]) -> None:
+    """Make a step count that is not a Python int one, in place.
+
+    ``torch.optim`` keeps the count as a float32 tensor, so a state copied or
+    loaded from it brings one. The bias corrections are computed from the
+    count in double precision, as ``torch.optim`` computes them from its
+    value.
+
+    Raises:
+        ValueError: the count is not a whole number >= 0.
+    """
+    step = state.get("step")
+    if step is None or type(step) is int:
+        return
+    value = step.item() if isinstance(step, Tensor) else step
+    whole = (
+        isinstance(value, int | float)
+        and math.isfinite(value)
+        and value >= 0
+        and value == int(value)
+    )
+    if not whole:
+        raise ValueError(
+            f"state['step'] must be a whole number of steps >= 0, got {step!r}"
+        )
+    state["step"] = int(value)
 
 
 def as_real(tensor: Tensor) -> Tensor:

@@ -98,6 +98,7 @@ class _AdamCore(ScheduledOptimizer):
             state["exp_avg_sq"] = torch.zeros_like(
                 param, memory_format=torch.preserve_format
             )
+        _update.settle_state(state)
         if amsgrad and "max_exp_avg_sq" not in state:
             state["max_exp_avg_sq"] = torch.zeros_like(
                 param, memory_format=torch.preserve_format

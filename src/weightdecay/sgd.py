@@ -80,6 +80,7 @@ class _SGDCore(ScheduledOptimizer):
         state = self.state[param]
         # The step count is a Python int: exact at any length.
         state.setdefault("step", 0)
+        _update.settle_state(state)
         if momentum != 0.0 and "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(
                 param, memory_format=torch.preserve_format
