@@ -56,7 +56,7 @@ def test_tiny_run_prints_every_variant_with_consistent_ratios(
     assert len(table) == 2 * len(variants)  # every variant at both shapes
     names = {(row[2], row[3]) for row in table}
     assert names == {(v.family, v.name) for v in variants}
-    for size, count, family, name, ms, fused, bound, mb, gbs, best in table:
+    for size, _count, family, name, ms, fused, bound, mb, gbs, best in table:
         moved = step_benchmark.BYTES_PER_PARAM[family] * float(size)
         # / bound is the time against the bytes at the triad's bandwidth.
         assert float(bound) == pytest.approx(
