@@ -513,8 +513,9 @@ def _run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         arrays = load_data(source)
     except DataError as err:
         raise SystemExit(f"weightdecay: error: {err}") from None
+    origin = "--embedded" if args.embedded else source.origin
     print(
-        f"data: {source.source} ({source.origin}: {source.directory}), "
+        f"data: {source.source} ({origin}: {source.directory}), "
         f"{len(arrays[0])} training and {len(arrays[2])} test images",
         file=sys.stderr,
     )

@@ -168,3 +168,10 @@ def test_embedded_flag_uses_the_shipped_subset_and_excludes_data_dir(tmp_path):
     argv = ["sweep", "--out", str(tmp_path), "--embedded", "--data-dir", "x"]
     with pytest.raises(SystemExit, match="--embedded and --data-dir exclude"):
         main(argv)
+
+
+def test_embedded_flag_is_named_as_the_data_origin(tmp_path, capsys):
+    argv = ["sweep", "--out", str(tmp_path), "--embedded", "--train-size", "9950"]
+    with pytest.raises(SystemExit, match="exceeds"):
+        main(argv)
+    assert "data: embedded (--embedded: " in capsys.readouterr().err
