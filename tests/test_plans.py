@@ -15,10 +15,7 @@ import gc
 import io
 import math
 import os
-import signal
 import threading
-import time
-import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +24,7 @@ import pytest
 import torch
 
 from closeness import assert_near, assert_same_run
+from forking import in_child
 from weightdecay import SGD, SGDW, Adam, AdamW, _kernels
 
 needs_kernels = pytest.mark.skipif(
@@ -1035,47 +1033,12 @@ def resized_state_error() -> float:
     return ((fast - loop).abs().max() / loop.abs().max()).item()
 
 
-def in_child(function: Callable[[], float]) -> tuple[int, float | None]:
-    """Run ``function`` in a forked child, which a stale address may crash;
-    the child's exit code (negative: the signal) and its result.
-
-    The child computes on one thread: an OpenMP team of the parent's does
-    not survive ``fork``. A child still running after a minute is killed and
-    ``TimeoutError`` raised.
-    """
-    read, write = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
-        pid = os.fork()
-    if pid == 0:  # the child never returns into pytest
-        code = 1
-        try:
-            os.close(read)
-            torch.set_num_threads(1)
-            os.write(write, repr(function()).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    deadline = time.monotonic() + 60
-    while (waited := os.waitpid(pid, os.WNOHANG))[0] == 0:
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            os.close(read)
-            raise TimeoutError("the forked child did not finish within 60 s")
-        time.sleep(0.01)
-    with os.fdopen(read) as pipe:
-        text = pipe.read()
-    return os.waitstatus_to_exitcode(waited[1]), float(text) if text else None
-
-
 @needs_kernels
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_state_storage_resized_in_place():
     """A state tensor whose storage is freed and reallocated in place is read
     and written at its new address, as the loop does. Runs in a forked
     child, since a stale address can crash the process."""
-    code, error = in_child(resized_state_error)
+    code, error = in_child(resized_state_error, threads=1)
     assert code == 0
     assert error is not None and error <= TOL[torch.float32]

@@ -14,10 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import threading
-import time
-import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +27,7 @@ from torch.optim.optimizer import (
 )
 
 from closeness import assert_near, assert_same_run
+from forking import in_child
 from weightdecay import SGDW, AdamW, _kernels
 
 needs_kernels = pytest.mark.skipif(
@@ -701,34 +699,6 @@ def test_serial_steps_from_two_threads_at_once_match_the_loop():
             loop.step()
         assert_planned(optimizers[index])
         assert_same_run(optimizers[index], params, loop, loop_params, 1e-6)
-
-
-def in_child(function: Callable[[], float]) -> tuple[int, float | None]:
-    """Run ``function`` in a forked child; its exit code and result."""
-    read, write = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads
-        pid = os.fork()
-    if pid == 0:  # the child never returns into pytest
-        code = 1
-        try:
-            os.close(read)
-            os.write(write, repr(function()).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    deadline = time.monotonic() + 60
-    while (waited := os.waitpid(pid, os.WNOHANG))[0] == 0:
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            os.close(read)
-            raise TimeoutError("the forked child did not finish within 60 s")
-        time.sleep(0.01)
-    with os.fdopen(read) as pipe:
-        text = pipe.read()
-    return os.waitstatus_to_exitcode(waited[1]), float(text) if text else None
 
 
 @needs_kernels
