@@ -441,7 +441,6 @@ class _Launch:
         self.flags = np.zeros(5, dtype=np.int64)
         self._split: tuple[int, list[np.ndarray], int, int] | None = None
         self._keep: tuple[np.ndarray, ...] = ()
-        self._calls: dict[str, Any] = {}  # kind: the entry through ctypes
         self._written: tuple[tuple, tuple] = ((), ())  # the scalars in the arrays
 
     def _divide(self, threads: int) -> tuple[int, list[np.ndarray], int, int]:
@@ -499,10 +498,7 @@ class _Launch:
             split = self._divide(threads)
         _, runs, parallel, serial = split
         if len(runs) == 1:
-            call = self._calls.get(kind)
-            if call is None:
-                call = self._calls[kind] = _entry(kind, self.numpy_dtype)
-            call(serial)
+            _entry(kind, self.numpy_dtype)(serial)
             return
         if parallel:
             address = _entry_address(kind, self.numpy_dtype)
@@ -533,15 +529,18 @@ class _Launch:
         correction 1 / sqrt(1 - beta2^t), both in double precision and then
         rounded to the tensors' dtype, as PyTorch rounds scalars.
         """
+        def scalars(t: int) -> tuple[float, float]:
+            bias_correction1, bias_correction2 = _update.bias_corrections(
+                beta1, beta2, t
+            )
+            return -lr / bias_correction1, 1.0 / math.sqrt(bias_correction2)
+
         if steps.count(steps[0]) == len(steps):
-            t = steps[0]
-            self.step_sizes.fill(-lr / (1.0 - beta1**t))
-            self.bias2_inverse.fill(1.0 / math.sqrt(1.0 - beta2**t))
+            step_size, bias2_inverse = scalars(steps[0])
+            self.step_sizes.fill(step_size)
+            self.bias2_inverse.fill(bias2_inverse)
         else:
-            corrections = {
-                t: (-lr / (1.0 - beta1**t), 1.0 / math.sqrt(1.0 - beta2**t))
-                for t in set(steps)
-            }
+            corrections = {t: scalars(t) for t in set(steps)}
             pairs = np.array([corrections[t] for t in steps])
             self.step_sizes[:] = pairs[:, 0]
             self.bias2_inverse[:] = pairs[:, 1]

@@ -102,8 +102,8 @@ def group_by_device_dtype_step(
     return dict(buckets)
 
 
-def _bias_corrections(beta1: float, beta2: float, step: int) -> tuple[float, float]:
-    # 1 - beta^t in double precision; exact enough for any step count.
+def bias_corrections(beta1: float, beta2: float, step: int) -> tuple[float, float]:
+    """``1 - beta1^t`` and ``1 - beta2^t`` in double precision, for any step."""
     return 1.0 - beta1**step, 1.0 - beta2**step
 
 
@@ -128,7 +128,7 @@ def adam_for_loop(
     for i, param in enumerate(params):
         grad = -grads[i] if maximize else grads[i]
         exp_avg, exp_avg_sq = exp_avgs[i], exp_avg_sqs[i]
-        bias_correction1, bias_correction2 = _bias_corrections(beta1, beta2, steps[i])
+        bias_correction1, bias_correction2 = bias_corrections(beta1, beta2, steps[i])
 
         # L2: the decay enters the gradient, g_t + lambda * theta_{t-1}.
         if l2 != 0.0:
@@ -173,7 +173,7 @@ def adam_foreach(
         steps, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs
     )
     for (_, _, step), (ps, gs, ms, vs, maxs) in buckets.items():
-        bias_correction1, bias_correction2 = _bias_corrections(beta1, beta2, step)
+        bias_correction1, bias_correction2 = bias_corrections(beta1, beta2, step)
 
         # The gradient, negated for maximization, plus the L2 term.
         if maximize:
