@@ -1,7 +1,8 @@
 """Scale-relative comparison of two optimizer runs, shared by the tests.
 
 ``max |a - b| <= tol * max |b|`` per tensor; state entries that are not
-tensors (the step count) must be equal.
+tensors (the step count) must be equal. :func:`assert_same_state` is the
+exact form, for round trips that must be bit-identical.
 """
 
 from __future__ import annotations
@@ -28,3 +29,11 @@ def assert_same_run(opt_a, params_a, opt_b, params_b, tol: float) -> None:
                 assert_near(value, state_b[key], tol)
             else:
                 assert value == state_b[key], key
+
+
+def assert_same_state(actual: dict, expected: dict) -> None:
+    """Every entry of ``actual`` equals ``expected``'s, tensors bit for bit."""
+    for key, value in actual.items():
+        other = expected[key]
+        same = torch.equal(value, other) if torch.is_tensor(value) else value == other
+        assert same, key

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from closeness import assert_near, assert_same_run
+from closeness import assert_near, assert_same_run, assert_same_state
 from weightdecay import SGD, SGDW, Adam, AdamW, _kernels, _update
 
 needs_kernels = pytest.mark.skipif(
@@ -194,13 +194,7 @@ def test_state_dict_round_trip_resumes_bit_identically(name):
 
     for pa, pb in zip(resumed_params, straight_params, strict=True):
         assert torch.equal(pa, pb)
-        for key, value in resumed.state[pa].items():
-            expected = straight.state[pb][key]
-            assert (
-                torch.equal(value, expected)
-                if torch.is_tensor(value)
-                else (value == expected)
-            ), key
+        assert_same_state(resumed.state[pa], straight.state[pb])
 
 
 @pytest.mark.parametrize("name", ALL_DEFAULTS)
@@ -219,13 +213,7 @@ def test_grad_none_params_are_skipped(name):
     set_grads(params, 3, none={(3, 1)})
     optimizer.step()
     assert torch.equal(params[1], before[1])
-    for key, value in optimizer.state[params[1]].items():
-        expected = state_before[key]
-        assert (
-            torch.equal(value, expected)
-            if torch.is_tensor(value)
-            else (value == expected)
-        ), key
+    assert_same_state(optimizer.state[params[1]], state_before)
     assert not torch.equal(params[0], before[0])
 
 

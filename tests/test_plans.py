@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import torch
 
-from closeness import assert_near, assert_same_run
+from closeness import assert_near, assert_same_run, assert_same_state
 from forking import in_child
 from weightdecay import SGD, SGDW, Adam, AdamW, _kernels
 
@@ -413,13 +413,7 @@ def test_serialized_round_trip_resumes_bit_identically(cls, dtype):
     assert_planned(resumed)
     for a, b in zip(params, resumed_params, strict=True):
         assert torch.equal(a, b)
-        for key, value in optimizer.state[a].items():
-            other = resumed.state[b][key]
-            assert (
-                torch.equal(value, other)
-                if torch.is_tensor(value)
-                else (value == other)
-            )
+        assert_same_state(optimizer.state[a], resumed.state[b])
 
 
 # 4. Group options toggled mid-run.
