@@ -304,33 +304,25 @@ class ScheduledOptimizer(torch.optim.Optimizer):
 def _hooked(func: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
     """``func(*args, **kwargs)`` between the step hooks of ``args[0]``."""
     optimizer = args[0]
-    if not (_global_optimizer_pre_hooks or optimizer._optimizer_step_pre_hooks):
-        out = func(*args, **kwargs)
-        optimizer._optimizer_step_code()
-        if optimizer._optimizer_step_post_hooks or _global_optimizer_post_hooks:
-            _post_hooks(optimizer, args, kwargs)
-        return out
-    for pre_hook in itertools.chain(
-        _global_optimizer_pre_hooks.values(),
-        optimizer._optimizer_step_pre_hooks.values(),
-    ):
-        result = pre_hook(optimizer, args, kwargs)
-        if result is not None:
-            if not (isinstance(result, tuple) and len(result) == 2):
-                raise RuntimeError(
-                    f"the step pre-hook {pre_hook!r} returned {result!r}; a "
-                    "pre-hook returns None or a pair (args, kwargs)"
-                )
-            args, kwargs = result
+    if _global_optimizer_pre_hooks or optimizer._optimizer_step_pre_hooks:
+        for pre_hook in itertools.chain(
+            _global_optimizer_pre_hooks.values(),
+            optimizer._optimizer_step_pre_hooks.values(),
+        ):
+            result = pre_hook(optimizer, args, kwargs)
+            if result is not None:
+                if not (isinstance(result, tuple) and len(result) == 2):
+                    raise RuntimeError(
+                        f"the step pre-hook {pre_hook!r} returned {result!r}; a "
+                        "pre-hook returns None or a pair (args, kwargs)"
+                    )
+                args, kwargs = result
     out = func(*args, **kwargs)
     optimizer._optimizer_step_code()
-    _post_hooks(optimizer, args, kwargs)
+    if optimizer._optimizer_step_post_hooks or _global_optimizer_post_hooks:
+        for post_hook in itertools.chain(
+            optimizer._optimizer_step_post_hooks.values(),
+            _global_optimizer_post_hooks.values(),
+        ):
+            post_hook(optimizer, args, kwargs)
     return out
-
-
-def _post_hooks(optimizer: Any, args: tuple, kwargs: dict[str, Any]) -> None:
-    for post_hook in itertools.chain(
-        optimizer._optimizer_step_post_hooks.values(),
-        _global_optimizer_post_hooks.values(),
-    ):
-        post_hook(optimizer, args, kwargs)
