@@ -529,6 +529,7 @@ class _Launch:
         correction 1 / sqrt(1 - beta2^t), both in double precision and then
         rounded to the tensors' dtype, as PyTorch rounds scalars.
         """
+
         def scalars(t: int) -> tuple[float, float]:
             bias_correction1, bias_correction2 = _update.bias_corrections(
                 beta1, beta2, t

@@ -1,9 +1,12 @@
 """Executors, the resumable sweep, its progress bar, and the study plans."""
 
+import concurrent.futures
 import functools
 import io
 import math
 import textwrap
+import threading
+from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
@@ -111,6 +114,68 @@ def test_pool_retries_a_run_whose_worker_died_once(tmp_path, helpers):
     assert all(o.record is not None for o in outcomes)
     assert by_seed[13].attempts == 2
     assert (tmp_path / "died").exists()
+
+
+class _DyingPool:
+    """A stand-in pool, run in this process: a run of seed 13 on its first
+    attempt kills its worker. The pool notices at its next submit (or after
+    0.2 s with none), as a process pool does when a worker dies between two
+    waits: that submit raises and every pending future fails."""
+
+    def __init__(self, attempts: dict[int, int]) -> None:
+        self.attempts = attempts
+        self.pending: list[concurrent.futures.Future] = []
+        self.broken = False
+        self.lock = threading.Lock()
+
+    def submit(self, fn, config):
+        with self.lock:
+            if self.pending or self.broken:
+                self._break()
+                raise BrokenProcessPool("a worker died")
+            future: concurrent.futures.Future = concurrent.futures.Future()
+            seed = config["seed"]
+            self.attempts[seed] = self.attempts.get(seed, 0) + 1
+            if seed == 13 and self.attempts[seed] == 1:
+                self.pending.append(future)
+                threading.Timer(0.2, self._break_now).start()
+            else:
+                future.set_result(fn(config))
+            return future
+
+    def _break_now(self) -> None:
+        with self.lock:
+            self._break()
+
+    def _break(self) -> None:
+        self.broken = True
+        for future in self.pending:
+            if not future.done():
+                future.set_exception(BrokenProcessPool("a worker died"))
+        self.pending.clear()
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        pass
+
+
+def test_pool_found_broken_at_submit_retries_only_the_run_that_died(helpers):
+    # Seed 1 finishes, seed 13's worker dies, and the submit of seed 2 is the
+    # first to learn of it: seed 2 is not charged an attempt.
+    attempts: dict[int, int] = {}
+    pools: list[_DyingPool] = []
+
+    class Executor(LocalExecutor):
+        def _pool(self):
+            pools.append(_DyingPool(attempts))
+            return pools[-1]
+
+    outcomes = list(Executor(2).run(helpers.fake, configs([1, 13, 2, 3])))
+    by_seed = {o.config["seed"]: o for o in outcomes}
+    assert sorted(by_seed) == [1, 2, 3, 13]
+    assert all(o.record is not None and o.error is None for o in outcomes)
+    assert {s: o.attempts for s, o in by_seed.items()} == {1: 1, 13: 2, 2: 1, 3: 1}
+    assert attempts == {1: 1, 13: 2, 2: 1, 3: 1}
+    assert len(pools) == 2
 
 
 def test_pool_gives_up_after_the_retry_and_the_sweep_goes_on(tmp_path, helpers):

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol, TextIO
 
@@ -175,38 +175,72 @@ class LocalExecutor:
         running: dict[cf.Future, tuple[Config, int]] = {}
         try:
             while queue or running:
-                # A retry runs alone, so a second death points at its culprit.
-                while queue and len(running) < self.workers:
-                    solo = queue[-1][1] > 1
-                    if running and (solo or _any_retry(running)):
-                        break
-                    config, attempt = queue.pop()
-                    running[pool.submit(fn, config)] = (config, attempt)
-                    if solo:
-                        break
-                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-                broken = False
+                broken = self._submit(pool, fn, queue, running)
+                # A worker can die between two waits: the pool then refuses
+                # the next submit before any future reports it.
+                done, _ = cf.wait(
+                    running,
+                    return_when=cf.ALL_COMPLETED if broken else cf.FIRST_COMPLETED,
+                )
                 for future in done:
-                    config, attempt = running.pop(future)
-                    try:
-                        yield Outcome(config, future.result(), attempts=attempt)
-                    except BrokenProcessPool:
-                        broken = True
-                        yield from self._retry(queue, config, attempt)
-                    except Exception:
-                        error = traceback.format_exc()
-                        yield Outcome(config, None, error, attempts=attempt)
+                    died = yield from self._collect(future, running, queue)
+                    broken = broken or died
                 if broken:
-                    # Every other run in flight died with the pool: retry them.
-                    for future, (config, attempt) in running.items():
-                        future.cancel()
-                        yield from self._retry(queue, config, attempt)
-                    running.clear()
+                    # A broken pool fails every future it still holds, so this
+                    # wait ends; runs that finished before the death keep
+                    # their results, the others are retried.
+                    done, _ = cf.wait(running)
+                    for future in done:
+                        yield from self._collect(future, running, queue)
                     pool.shutdown(wait=False, cancel_futures=True)
                     logger.warning("a worker process died; restarting the pool")
                     pool = self._pool()
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+
+    def _submit(
+        self,
+        pool: cf.ProcessPoolExecutor,
+        fn: RunFn,
+        queue: list[tuple[Config, int]],
+        running: dict[cf.Future, tuple[Config, int]],
+    ) -> bool:
+        """Fill the free workers from ``queue``; True when the pool is broken."""
+        # A retry runs alone, so a second death points at its culprit.
+        while queue and len(running) < self.workers:
+            solo = queue[-1][1] > 1
+            if running and (solo or _any_retry(running)):
+                break
+            config, attempt = queue.pop()
+            try:
+                future = pool.submit(fn, config)
+            except BrokenProcessPool:
+                # Not this run's fault: it goes back with the same attempt.
+                queue.append((config, attempt))
+                return True
+            running[future] = (config, attempt)
+            if solo:
+                break
+        return False
+
+    def _collect(
+        self,
+        future: cf.Future,
+        running: dict[cf.Future, tuple[Config, int]],
+        queue: list[tuple[Config, int]],
+    ) -> Generator[Outcome, None, bool]:
+        """Yield the outcome of a finished ``future``; True when its worker died."""
+        config, attempt = running.pop(future)
+        try:
+            result = future.result()
+        except BrokenProcessPool:
+            yield from self._retry(queue, config, attempt)
+            return True
+        except Exception:
+            yield Outcome(config, None, traceback.format_exc(), attempts=attempt)
+            return False
+        yield Outcome(config, result, attempts=attempt)
+        return False
 
     def _retry(
         self, queue: list[tuple[Config, int]], config: Config, attempt: int
