@@ -577,6 +577,35 @@ def test_gradients_alternate_none(cls):
 
 @needs_kernels
 @pytest.mark.parametrize("cls", ALL)
+def test_gradients_kept_swapped_and_reallocated(cls):
+    """The plan reads every step's gradient addresses: gradients kept in the
+    same buffers as the step before, the buffers of two parameters of one
+    shape swapped, and new gradients allocated while the old ones stay alive
+    (so no address repeats)."""
+    buffers: dict[int, list[torch.Tensor]] = {}
+    alive: list[torch.Tensor] = []
+
+    def before(optimizer: torch.optim.Optimizer, params: list, t: int) -> None:
+        if t % 3 == 0:
+            alive.extend(p.grad for p in params)
+            return
+        kept = buffers.setdefault(id(optimizer), [torch.empty_like(p) for p in params])
+        for buffer, param in zip(kept, params, strict=True):
+            buffer.copy_(param.grad)
+        grads = list(kept)
+        if t % 3 == 2:
+            grads[0], grads[3] = grads[3], grads[0]
+        for param, grad in zip(params, grads, strict=True):
+            param.grad = grad
+
+    shapes = [(4, 4), (16,), (2, 8), (4, 4)]
+    fast, fp, loop, lp = twins(cls, steps=range(1, 11), before=before, shapes=shapes)
+    assert_planned(fast)
+    assert_same_run(fast, fp, loop, lp, TOL[torch.float32])
+
+
+@needs_kernels
+@pytest.mark.parametrize("cls", ALL)
 def test_non_contiguous_gradient_on_one_step(cls):
     """A transposed-layout gradient (right shape, not contiguous) on one step
     is read by index, not by memory order, and the kernel resumes after."""

@@ -670,6 +670,7 @@ class Plan:
         self.launch = (
             _Launch(kept, self.grad_numels, height, self.dtype) if any(rows) else None
         )
+        self.grad_addresses: list[int] = []  # those in the launch's table
 
     def _real(self, tensors: list[Tensor]) -> list[Tensor]:
         if not self.any_complex:
@@ -752,7 +753,12 @@ class Plan:
         except RuntimeError:  # sparse gradients have no strides
             return None
         if self.launch is not None:
-            self.launch.table[1] = list(map(_data_ptr, kernel_grads))
+            # Kept gradients (zero_grad(set_to_none=False)) and gradients that
+            # the allocator gives back at the same addresses need no write.
+            addresses = list(map(_data_ptr, kernel_grads))
+            if addresses != self.grad_addresses:
+                self.launch.table[1] = addresses
+                self.grad_addresses = addresses
         return [] if self.all_rows else _select(self.rows, grads, False)
 
     def advance(self) -> list[int]:
