@@ -15,6 +15,11 @@ One run measures, on this machine and with torch's default thread count:
   op until it is freed) plus the peak of the Python and numpy heap
   (``tracemalloc``). It is measured on a separate, untimed step.
 
+Ratios are taken round by round: every variant of a family (and from
+``--triad-min-size`` the triad) takes one step per round in a shuffled
+order, and a ratio is the median over rounds of the two times of one round,
+so that the shared machine's slow minutes cancel.
+
 The bound of a step is the bytes it must move divided by the triad's
 bandwidth: fp32 Adam(W) reads parameter, gradient and both moments and writes
 three back (28 bytes per parameter, 36 with amsgrad); SGD(W) with momentum
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import random
 import statistics
@@ -196,8 +202,8 @@ def split(total: int, count: int) -> list[int]:
 
 def time_interleaved(
     steps: list[Callable[[], object]], seconds: float, repeats: int
-) -> list[float]:
-    """Median seconds of each step, the steps taken in turn.
+) -> list[list[float]]:
+    """Seconds of each step in every round, the steps taken in turn.
 
     One warm-up step each (which creates state), then rounds in which every
     step runs once, so that all of them see the same moments of a shared
@@ -208,7 +214,8 @@ def time_interleaved(
     its time by a third.
     As many rounds as fit in ``seconds`` per step (at most ``repeats``) are
     timed, at least three, or two when a round takes longer than a second
-    per step.
+    per step. Every list has one time per round, in the order of the rounds,
+    so that times of one round can be compared (see :func:`paired`).
     """
     firsts = []
     for step in steps:
@@ -227,7 +234,22 @@ def time_interleaved(
             start = time.perf_counter()
             steps[index]()
             times[index].append(time.perf_counter() - start)
-    return [statistics.median(record) for record in times]
+    return times
+
+
+def paired(times: list[float], baselines: list[float]) -> float:
+    """The median over rounds of ``times[r] / baselines[r]``.
+
+    Both were timed in the same rounds, so each ratio compares two steps
+    taken seconds apart: a slow minute of the shared machine slows both and
+    leaves their ratio, where a ratio of two medians would carry it.
+    """
+    if len(times) != len(baselines):
+        raise ValueError(
+            f"paired needs one baseline per round: {len(times)} times, "
+            f"{len(baselines)} baselines"
+        )
+    return statistics.median(t / b for t, b in zip(times, baselines, strict=True))
 
 
 class _AllocationMeter(TorchDispatchMode):
@@ -285,15 +307,16 @@ def measure(
     chosen: list[Variant],
     args: argparse.Namespace,
     triad: Triad,
-) -> dict[tuple[str, str], tuple[float, int]]:
-    """Step time and extra memory of each variant on one model shape.
+) -> dict[tuple[str, str], tuple[list[float], int]]:
+    """Step times (one per round) and extra memory of each variant on one
+    model shape.
 
     The variants of each of ``TIMED_TOGETHER`` live at once and are timed in
     turn (see :func:`time_interleaved`); the families follow one another to
     bound the memory held at once. From ``args.triad_min_size`` parameters
-    the triad takes its turn in each rotation too, and its bandwidth is
-    returned under ``(family, "triad")`` for each family of the rotation
-    (time in the slot of the seconds); below that size a triad between the
+    the triad takes its turn in each rotation too, and its bandwidth in
+    each round is returned under ``(family, "triad")`` for each family of the
+    rotation (in the slot of the times); below that size a triad between the
     steps would evict their data from the caches.
     """
     generator = torch.Generator().manual_seed(size + count)
@@ -318,9 +341,9 @@ def measure(
             steps + [triad] if with_triad else steps, args.seconds, args.repeats
         )
         if with_triad:
-            bandwidth = triad.bandwidth(times.pop())
+            bandwidths = [triad.bandwidth(seconds) for seconds in times.pop()]
             for family in families:
-                results[(family, "triad")] = (bandwidth, -1)
+                results[(family, "triad")] = (bandwidths, -1)
         for variant, optimizer, seconds in zip(batch, optimizers, times, strict=True):
             metered = args.memory and size <= args.memory_max_size
             memory = extra_memory(optimizer.step) if metered else -1
@@ -330,6 +353,47 @@ def measure(
     del params
     gc.collect()
     return results
+
+
+def table_cells(
+    results: dict[tuple[str, str], tuple[list[float], int]], size: int, best: float
+) -> list[tuple[str, str, str]]:
+    """The table's cells from ``ms/step`` on, for each variant of one shape.
+
+    ``ms/step`` is the median time. ``/ torch fused`` is the median of the
+    per-round ratios to PyTorch's fused step of the family (SGD's for SGDW),
+    timed in the same rounds (:func:`paired`). ``/ bound`` is the median of
+    the per-round ratios to the bound at the triad's bandwidth of the same
+    round where the triad was in the rotation, else to the bound at ``best``;
+    ``triad GB/s`` is that bandwidth (the median over rounds), and
+    ``/ best bound`` the median time against the bound at ``best``.
+    """
+    cells = []
+    for (family, name), (times, memory) in results.items():
+        if name == "triad":
+            continue
+        baseline_family = "sgd" if family == "sgdw" else family
+        fused = results.get((baseline_family, "torch fused"))
+        moved = BYTES_PER_PARAM[family] * size
+        triads = results.get((family, "triad"))
+        if triads is None:
+            bandwidth = best
+            bound = statistics.median(times) * best / moved
+        else:
+            bandwidth = statistics.median(triads[0])
+            bound = paired(times, [moved / b for b in triads[0]])
+        ratio = f"{paired(times, fused[0]):.2f}" if fused else "-"
+        mb = f"{memory / 2**20:.1f}" if memory >= 0 else "-"
+        seconds = statistics.median(times)
+        cells.append(
+            (
+                family,
+                name,
+                f"{seconds * 1e3:.3f} | {ratio} | {bound:.2f} | {mb} "
+                f"| {bandwidth / 1e9:.1f} | {seconds * best / moved:.2f} |",
+            )
+        )
+    return cells
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -395,6 +459,9 @@ def main(argv: list[str] | None = None) -> int:
         "(default %(default)d)",
     )
     parser.add_argument("--markdown", help="also write the table to this file")
+    parser.add_argument(
+        "--raw", help="also write every round's times to this file (JSON)"
+    )
     args = parser.parse_args(argv)
     families = args.families.split(",")
     chosen = [v for v in variants() if v.family in families]
@@ -415,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
             measured.append((size, count, results))
             triads.append(triad_bandwidth(triad))
             fastest = min(
-                seconds
+                statistics.median(seconds)
                 for (_, name), (seconds, _) in results.items()
                 if name != "triad"
             )
@@ -446,25 +513,34 @@ def main(argv: list[str] | None = None) -> int:
         "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for size, count, results in measured:
-        for (family, name), (seconds, memory) in results.items():
-            if name == "triad":
-                continue
-            baseline_family = "sgd" if family == "sgdw" else family
-            fused = results.get((baseline_family, "torch fused"))
-            bandwidth = results.get((family, "triad"), (best,))[0]
-            moved = BYTES_PER_PARAM[family] * size
-            ratio = f"{seconds / fused[0]:.2f}" if fused else "-"
-            mb = f"{memory / 2**20:.1f}" if memory >= 0 else "-"
-            lines.append(
-                f"| {size:.0e} | {count} | {family} | {name} "
-                f"| {seconds * 1e3:.3f} | {ratio} | {seconds * bandwidth / moved:.2f} "
-                f"| {mb} | {bandwidth / 1e9:.1f} | {seconds * best / moved:.2f} |"
-            )
+        for family, name, cells in table_cells(results, size, best):
+            lines.append(f"| {size:.0e} | {count} | {family} | {name} | {cells}")
     text = "\n".join(lines)
     print(text)
     if args.markdown:
         with open(args.markdown, "w") as handle:
             handle.write(text + "\n")
+    if args.raw:
+        raw = {
+            "best_triad": best,
+            "shapes": [
+                {
+                    "size": size,
+                    "tensors": count,
+                    "rounds": {
+                        # The triad's rounds are its bandwidths.
+                        f"{family}/{name}": {
+                            "bytes_per_second" if name == "triad" else "seconds": times,
+                            "memory": memory,
+                        }
+                        for (family, name), (times, memory) in results.items()
+                    },
+                }
+                for size, count, results in measured
+            ],
+        }
+        with open(args.raw, "w") as handle:
+            json.dump(raw, handle)
     return 0
 
 

@@ -2,13 +2,15 @@
 
 Nothing here is timed: a tiny run checks that every variant gets a row with
 its ratios, that the triad timed in turn gives those rows their bound, and
-that the ratio columns agree with the times printed beside them.
+that every printed figure follows from the raw times of the rounds.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import pathlib
+import statistics
 import sys
 
 import pytest
@@ -33,10 +35,19 @@ def rows(text: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
 
 
+def test_paired_ratio_is_the_median_of_each_rounds_ratio(step_benchmark):
+    # Round ratios 1, 0.5, 2: the median is 1, the ratio of medians 2.
+    assert step_benchmark.paired([1.0, 10.0, 2.0], [1.0, 20.0, 1.0]) == 1.0
+    assert step_benchmark.paired([3.0, 1.0], [1.0, 1.0]) == 2.0
+    with pytest.raises(ValueError, match="3 times, 2 baselines"):
+        step_benchmark.paired([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
 def test_tiny_run_prints_every_variant_with_consistent_ratios(
     step_benchmark, capsys, tmp_path
 ):
     markdown = tmp_path / "table.md"
+    raw_file = tmp_path / "rounds.json"
     code = step_benchmark.main(
         [
             "--sizes=2e4",
@@ -47,6 +58,7 @@ def test_tiny_run_prints_every_variant_with_consistent_ratios(
             "--triad-elements=65536",
             "--memory-max-size=2e4",
             f"--markdown={markdown}",
+            f"--raw={raw_file}",
         ]
     )
     assert code == 0
@@ -56,13 +68,29 @@ def test_tiny_run_prints_every_variant_with_consistent_ratios(
     assert len(table) == 2 * len(variants)  # every variant at both shapes
     names = {(row[2], row[3]) for row in table}
     assert names == {(v.family, v.name) for v in variants}
-    for size, _count, family, name, ms, fused, bound, mb, gbs, best in table:
+    raw = json.loads(raw_file.read_text())
+    shapes = {(s["size"], s["tensors"]): s["rounds"] for s in raw["shapes"]}
+    best_triad = raw["best_triad"]
+    for size, count, family, name, ms, fused, bound, mb, gbs, best in table:
+        rounds = shapes[(int(float(size)), int(count))]
+        times = rounds[f"{family}/{name}"]["seconds"]
+        bandwidths = rounds[f"{family}/triad"]["bytes_per_second"]
+        baseline = rounds[("sgd" if family == "sgdw" else family) + "/torch fused"]
+        assert len(times) == len(bandwidths) == len(baseline["seconds"]) >= 3
         moved = step_benchmark.BYTES_PER_PARAM[family] * float(size)
-        # / bound is the time against the bytes at the triad's bandwidth.
-        assert float(bound) == pytest.approx(
-            float(ms) * 1e-3 * float(gbs) * 1e9 / moved, rel=0.06, abs=0.006
+        assert float(ms) == pytest.approx(statistics.median(times) * 1e3, abs=6e-4)
+        # Per round: this step against torch fused and against the bound at
+        # the triad's bandwidth of that round; the medians are printed.
+        ratios = [t / f for t, f in zip(times, baseline["seconds"], strict=True)]
+        assert float(fused) == pytest.approx(statistics.median(ratios), abs=6e-3)
+        bounds = [t * b / moved for t, b in zip(times, bandwidths, strict=True)]
+        assert float(bound) == pytest.approx(statistics.median(bounds), abs=6e-3)
+        assert float(gbs) == pytest.approx(
+            statistics.median(bandwidths) / 1e9, abs=0.06
         )
-        assert float(best) > 0 and float(mb) >= 0
+        median = statistics.median(times)
+        assert float(best) == pytest.approx(median * best_triad / moved, abs=6e-3)
+        assert float(mb) >= 0
         if name == "torch fused":
             assert fused == "1.00"
     assert markdown.read_text().count("\n| ") == len(table) + 1
