@@ -18,7 +18,10 @@ One run measures, on this machine and with torch's default thread count:
 Ratios are taken round by round: every variant of a family (and from
 ``--triad-min-size`` the triad) takes one step per round in a shuffled
 order, and a ratio is the median over rounds of the two times of one round,
-so that the shared machine's slow minutes cancel.
+so that the shared machine's slow minutes cancel. The per-tensor loops and
+the ``foreach`` steps, several times slower, have a rotation of their own
+with its own ``torch fused`` baseline, so that they do not leave the fast
+steps only a few rounds.
 
 The bound of a step is the bytes it must move divided by the triad's
 bandwidth: fp32 Adam(W) reads parameter, gradient and both moments and writes
@@ -205,7 +208,7 @@ def time_interleaved(
 ) -> list[list[float]]:
     """Seconds of each step in every round, the steps taken in turn.
 
-    One warm-up step each (which creates state), then rounds in which every
+    Two warm-up steps each (the first creates state), then rounds in which every
     step runs once, so that all of them see the same moments of a shared
     machine and their ratios do not depend on when each was timed. Each
     round takes the steps in a new random order (seeded), so that every
@@ -217,12 +220,13 @@ def time_interleaved(
     per step. Every list has one time per round, in the order of the rounds,
     so that times of one round can be compared (see :func:`paired`).
     """
-    firsts = []
     for step in steps:
-        start = time.perf_counter()
         step()
-        firsts.append(time.perf_counter() - start)
-    per_round = max(sum(firsts), 1e-9)
+    # The first steps compile and allocate: a second round sets the count.
+    start = time.perf_counter()
+    for step in steps:
+        step()
+    per_round = max(time.perf_counter() - start, 1e-9)
     least = 3 if per_round < len(steps) else 2
     rounds = max(least, min(repeats, int(seconds * len(steps) / per_round)))
     times: list[list[float]] = [[] for _ in steps]
@@ -299,6 +303,32 @@ def extra_memory(step: Callable[[], object]) -> int:
 
 # Families timed together: each is compared with the torch baseline in it.
 TIMED_TOGETHER = (("adamw",), ("adam",), ("sgdw", "sgd"))
+# Implementations several times slower than the rest, timed in a rotation of
+# their own: beside them the fast steps would get a few rounds at most.
+SLOW = ("loop", "foreach", "torch foreach")
+
+
+def baseline_family(family: str) -> str:
+    """The family whose ``torch fused`` step is the baseline of ``family``:
+    torch's SGD has no decoupled decay, and its L2 form moves SGDW's bytes."""
+    return "sgd" if family == "sgdw" else family
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One variant's rounds on one shape, and what was timed in its rounds.
+
+    ``seconds``, ``fused`` (the baseline's ``torch fused`` step, see
+    :func:`baseline_family`) and ``bandwidths`` (the triad's) have one entry
+    per round of the same rotation; ``fused`` is None where the baseline was
+    not chosen, ``bandwidths`` where the triad was not in the rotation.
+    ``memory`` is the extra bytes of one step, -1 where not measured.
+    """
+
+    seconds: list[float]
+    memory: int
+    fused: list[float] | None
+    bandwidths: list[float] | None
 
 
 def measure(
@@ -307,23 +337,26 @@ def measure(
     chosen: list[Variant],
     args: argparse.Namespace,
     triad: Triad,
-) -> dict[tuple[str, str], tuple[list[float], int]]:
-    """Step times (one per round) and extra memory of each variant on one
-    model shape.
+) -> dict[tuple[str, str], Timing]:
+    """The rounds of each variant on one model shape.
 
     The variants of each of ``TIMED_TOGETHER`` live at once and are timed in
-    turn (see :func:`time_interleaved`); the families follow one another to
-    bound the memory held at once. From ``args.triad_min_size`` parameters
-    the triad takes its turn in each rotation too, and its bandwidth in
-    each round is returned under ``(family, "triad")`` for each family of the
-    rotation (in the slot of the times); below that size a triad between the
-    steps would evict their data from the caches.
+    turn (see :func:`time_interleaved`), in two rotations: the implementations
+    of ``SLOW`` in one, the others in the other. Each rotation has its own
+    ``torch fused`` baselines, so every ratio pairs steps of the same rounds;
+    the table's ``torch fused`` row is the one from the fast rotation. The
+    families follow one another to bound the memory held at once. From
+    ``args.triad_min_size`` parameters the triad takes its turn in each
+    rotation too; below that size a triad between the steps would evict
+    their data from the caches.
     """
     generator = torch.Generator().manual_seed(size + count)
     params = [torch.randn(n, generator=generator) for n in split(size, count)]
     params = [torch.nn.Parameter(p) for p in params]
     for param in params:
         param.grad = torch.randn(param.shape, generator=generator) * 1e-2
+    with_triad = size >= args.triad_min_size
+    metered = args.memory and size <= args.memory_max_size
     results = {}
     for families in TIMED_TOGETHER:
         batch = [
@@ -332,64 +365,76 @@ def measure(
             if variant.family in families
             and not (variant.name == "loop" and size > args.loop_max_size)
         ]
-        if not batch:
-            continue
-        optimizers = [variant.make(params) for variant in batch]
-        steps = [optimizer.step for optimizer in optimizers]
-        with_triad = size >= args.triad_min_size
-        times = time_interleaved(
-            steps + [triad] if with_triad else steps, args.seconds, args.repeats
+        baselines = [v for v in batch if v.name == "torch fused"]
+        timings: dict[tuple[str, str], Timing] = {}
+        for slow in (False, True):
+            members = [v for v in batch if (v.name in SLOW) == slow]
+            if not members:
+                continue
+            if slow:
+                members += baselines
+            optimizers = [variant.make(params) for variant in members]
+            steps = [optimizer.step for optimizer in optimizers]
+            times = time_interleaved(
+                steps + [triad] if with_triad else steps, args.seconds, args.repeats
+            )
+            bandwidths = None
+            if with_triad:
+                bandwidths = [triad.bandwidth(seconds) for seconds in times.pop()]
+            rounds = {
+                (v.family, v.name): t for v, t in zip(members, times, strict=True)
+            }
+            for variant, optimizer in zip(members, optimizers, strict=True):
+                if slow and variant.name == "torch fused":
+                    continue  # this rotation's baseline, not a row
+                key = (variant.family, variant.name)
+                timings[key] = Timing(
+                    rounds[key],
+                    extra_memory(optimizer.step) if metered else -1,
+                    rounds.get((baseline_family(variant.family), "torch fused")),
+                    bandwidths,
+                )
+            del optimizers, steps
+            gc.collect()
+        results.update(
+            (key, timings[key]) for key in ((v.family, v.name) for v in batch)
         )
-        if with_triad:
-            bandwidths = [triad.bandwidth(seconds) for seconds in times.pop()]
-            for family in families:
-                results[(family, "triad")] = (bandwidths, -1)
-        for variant, optimizer, seconds in zip(batch, optimizers, times, strict=True):
-            metered = args.memory and size <= args.memory_max_size
-            memory = extra_memory(optimizer.step) if metered else -1
-            results[(variant.family, variant.name)] = (seconds, memory)
-        del optimizers
-        gc.collect()
     del params
     gc.collect()
     return results
 
 
 def table_cells(
-    results: dict[tuple[str, str], tuple[list[float], int]], size: int, best: float
+    results: dict[tuple[str, str], Timing], size: int, best: float
 ) -> list[tuple[str, str, str]]:
     """The table's cells from ``ms/step`` on, for each variant of one shape.
 
     ``ms/step`` is the median time. ``/ torch fused`` is the median of the
-    per-round ratios to PyTorch's fused step of the family (SGD's for SGDW),
-    timed in the same rounds (:func:`paired`). ``/ bound`` is the median of
-    the per-round ratios to the bound at the triad's bandwidth of the same
-    round where the triad was in the rotation, else to the bound at ``best``;
-    ``triad GB/s`` is that bandwidth (the median over rounds), and
-    ``/ best bound`` the median time against the bound at ``best``.
+    per-round ratios to the baseline's fused step timed in the same rounds
+    (:func:`paired`). ``/ bound`` is the median of the per-round ratios to
+    the bound at the triad's bandwidth of the same round where the triad was
+    in the rotation, else to the bound at ``best``; ``triad GB/s`` is that
+    bandwidth (the median over rounds), and ``/ best bound`` the median time
+    against the bound at ``best``.
     """
     cells = []
-    for (family, name), (times, memory) in results.items():
-        if name == "triad":
-            continue
-        baseline_family = "sgd" if family == "sgdw" else family
-        fused = results.get((baseline_family, "torch fused"))
-        moved = BYTES_PER_PARAM[family] * size
-        triads = results.get((family, "triad"))
-        if triads is None:
-            bandwidth = best
-            bound = statistics.median(times) * best / moved
-        else:
-            bandwidth = statistics.median(triads[0])
-            bound = paired(times, [moved / b for b in triads[0]])
-        ratio = f"{paired(times, fused[0]):.2f}" if fused else "-"
-        mb = f"{memory / 2**20:.1f}" if memory >= 0 else "-"
+    for (family, name), timing in results.items():
+        times = timing.seconds
         seconds = statistics.median(times)
+        moved = BYTES_PER_PARAM[family] * size
+        if timing.bandwidths is None:
+            bandwidth = best
+            bound = seconds * best / moved
+        else:
+            bandwidth = statistics.median(timing.bandwidths)
+            bound = paired(times, [moved / b for b in timing.bandwidths])
+        fused = "-" if timing.fused is None else f"{paired(times, timing.fused):.2f}"
+        mb = f"{timing.memory / 2**20:.1f}" if timing.memory >= 0 else "-"
         cells.append(
             (
                 family,
                 name,
-                f"{seconds * 1e3:.3f} | {ratio} | {bound:.2f} | {mb} "
+                f"{seconds * 1e3:.3f} | {fused} | {bound:.2f} | {mb} "
                 f"| {bandwidth / 1e9:.1f} | {seconds * best / moved:.2f} |",
             )
         )
@@ -481,11 +526,7 @@ def main(argv: list[str] | None = None) -> int:
             results = measure(size, count, chosen, args, triad)
             measured.append((size, count, results))
             triads.append(triad_bandwidth(triad))
-            fastest = min(
-                statistics.median(seconds)
-                for (_, name), (seconds, _) in results.items()
-                if name != "triad"
-            )
+            fastest = min(statistics.median(t.seconds) for t in results.values())
             print(
                 f"  {size:.0e} params in {count} tensors: fastest step "
                 f"{fastest * 1e3:.3f} ms, triad {triads[-1] / 1e9:.2f} GB/s",
@@ -522,19 +563,22 @@ def main(argv: list[str] | None = None) -> int:
             handle.write(text + "\n")
     if args.raw:
         raw = {
-            "best_triad": best,
+            "best_triad_bytes_per_second": best,
             "shapes": [
                 {
                     "size": size,
                     "tensors": count,
-                    "rounds": {
-                        # The triad's rounds are its bandwidths.
-                        f"{family}/{name}": {
-                            "bytes_per_second" if name == "triad" else "seconds": times,
-                            "memory": memory,
+                    "variants": [
+                        {
+                            "family": family,
+                            "name": name,
+                            "seconds": timing.seconds,
+                            "memory": timing.memory,
+                            "fused_seconds": timing.fused,
+                            "triad_bytes_per_second": timing.bandwidths,
                         }
-                        for (family, name), (times, memory) in results.items()
-                    },
+                        for (family, name), timing in results.items()
+                    ],
                 }
                 for size, count, results in measured
             ],

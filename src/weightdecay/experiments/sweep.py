@@ -123,9 +123,11 @@ class LocalExecutor:
     """A pool of worker processes on this machine, one torch thread each.
 
     At most ``workers`` runs are in flight. When a worker dies (the pool
-    breaks), the runs in flight are reported, the pool is rebuilt, and each of
-    them is retried (``retries`` more times, alone in the pool so that a run
-    killed beside the culprit is not blamed) before it is given up as failed.
+    breaks, whether a result or the next submit reveals it), the runs that
+    had finished keep their results, the pool is rebuilt, and each run that
+    was in flight is retried (``retries`` more times, alone in the pool so
+    that a run killed beside the culprit is not blamed) before it is given up
+    as failed.
     An exception raised by ``fn`` fails that run at once (it would recur).
     Workers end themselves when the sweep's process dies.
 
