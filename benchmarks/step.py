@@ -31,14 +31,22 @@ parameters (``--triad-min-size``) the triad is timed in turn with the steps
 and the bound uses its bandwidth at those moments; smaller shapes use the
 best triad of the run, and the last column gives every row against it.
 
+``--device cuda`` runs the same table on a GPU: parameters, gradients and
+the triad's buffers live there, and every timed step (the triad too) is
+bracketed by ``torch.cuda.synchronize()``, so a time covers the launch on
+the host and the work on the device. Our optimizers take PyTorch's fused
+Adam kernels there (with the paper's scalars) and ``foreach`` SGD.
+
 Example:
     python benchmarks/step.py                      # the full table (~10 min)
     python benchmarks/step.py --sizes 1e5,1e6 --tensors 1,8 --seconds 0.3
+    python benchmarks/step.py --device cuda        # the same on a GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -176,9 +184,11 @@ class Triad:
     its median time is the machine's memory bandwidth at that moment.
     """
 
-    def __init__(self, elements: int = TRIAD_ELEMENTS) -> None:
-        self.a = torch.rand(elements)
-        self.b = torch.rand(elements)
+    def __init__(
+        self, elements: int = TRIAD_ELEMENTS, device: torch.device | None = None
+    ) -> None:
+        self.a = torch.rand(elements, device=device)
+        self.b = torch.rand(elements, device=device)
 
     def __call__(self) -> None:
         self.a.add_(self.b, alpha=1e-7)
@@ -187,13 +197,31 @@ class Triad:
         return 12 * self.a.numel() / seconds
 
 
-def triad_bandwidth(triad: Triad, repeats: int = 9) -> float:
+def no_sync() -> None:
+    """On the CPU a step has finished when its call returns."""
+
+
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """What waits for the work queued on ``device`` (nothing on the CPU)."""
+    if device.type == "cuda":
+        return functools.partial(torch.cuda.synchronize, device)
+    return no_sync
+
+
+def timed(step: Callable[[], object], sync: Callable[[], None]) -> float:
+    """Seconds from an idle device to the end of ``step``'s work on it."""
+    sync()
+    start = time.perf_counter()
+    step()
+    sync()
+    return time.perf_counter() - start
+
+
+def triad_bandwidth(
+    triad: Triad, repeats: int = 9, sync: Callable[[], None] = no_sync
+) -> float:
     """The triad's bandwidth, the median of ``repeats`` after two warm-ups."""
-    times = []
-    for _ in range(repeats + 2):
-        start = time.perf_counter()
-        triad()
-        times.append(time.perf_counter() - start)
+    times = [timed(triad, sync) for _ in range(repeats + 2)]
     return triad.bandwidth(statistics.median(times[2:]))
 
 
@@ -204,7 +232,10 @@ def split(total: int, count: int) -> list[int]:
 
 
 def time_interleaved(
-    steps: list[Callable[[], object]], seconds: float, repeats: int
+    steps: list[Callable[[], object]],
+    seconds: float,
+    repeats: int,
+    sync: Callable[[], None] = no_sync,
 ) -> list[list[float]]:
     """Seconds of each step in every round, the steps taken in turn.
 
@@ -219,14 +250,13 @@ def time_interleaved(
     timed, at least three, or two when a round takes longer than a second
     per step. Every list has one time per round, in the order of the rounds,
     so that times of one round can be compared (see :func:`paired`).
+    Each time runs from an idle device to the end of the step's work
+    (:func:`timed`).
     """
     for step in steps:
         step()
     # The first steps compile and allocate: a second round sets the count.
-    start = time.perf_counter()
-    for step in steps:
-        step()
-    per_round = max(time.perf_counter() - start, 1e-9)
+    per_round = max(sum(timed(step, sync) for step in steps), 1e-9)
     least = 3 if per_round < len(steps) else 2
     rounds = max(least, min(repeats, int(seconds * len(steps) / per_round)))
     times: list[list[float]] = [[] for _ in steps]
@@ -235,9 +265,7 @@ def time_interleaved(
     for _ in range(rounds):
         shuffle(order)
         for index in order:
-            start = time.perf_counter()
-            steps[index]()
-            times[index].append(time.perf_counter() - start)
+            times[index].append(timed(steps[index], sync))
     return times
 
 
@@ -289,12 +317,13 @@ class _AllocationMeter(TorchDispatchMode):
         return out
 
 
-def extra_memory(step: Callable[[], object]) -> int:
+def extra_memory(step: Callable[[], object], sync: Callable[[], None] = no_sync) -> int:
     """Peak bytes allocated during one ``step`` (torch tensors + Python heap)."""
     gc.collect()
     tracemalloc.start()
     with _AllocationMeter() as meter:
         step()
+        sync()
         gc.collect()
     _, heap_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -350,11 +379,16 @@ def measure(
     rotation too; below that size a triad between the steps would evict
     their data from the caches.
     """
+    device = torch.device(args.device)
+    sync = synchronizer(device)
     generator = torch.Generator().manual_seed(size + count)
-    params = [torch.randn(n, generator=generator) for n in split(size, count)]
-    params = [torch.nn.Parameter(p) for p in params]
+    params = [
+        torch.nn.Parameter(torch.randn(n, generator=generator).to(device))
+        for n in split(size, count)
+    ]
     for param in params:
-        param.grad = torch.randn(param.shape, generator=generator) * 1e-2
+        grad = torch.randn(param.shape, generator=generator) * 1e-2
+        param.grad = grad.to(device)
     with_triad = size >= args.triad_min_size
     metered = args.memory and size <= args.memory_max_size
     results = {}
@@ -376,7 +410,10 @@ def measure(
             optimizers = [variant.make(params) for variant in members]
             steps = [optimizer.step for optimizer in optimizers]
             times = time_interleaved(
-                steps + [triad] if with_triad else steps, args.seconds, args.repeats
+                steps + [triad] if with_triad else steps,
+                args.seconds,
+                args.repeats,
+                sync,
             )
             bandwidths = None
             if with_triad:
@@ -390,7 +427,7 @@ def measure(
                 key = (variant.family, variant.name)
                 timings[key] = Timing(
                     rounds[key],
-                    extra_memory(optimizer.step) if metered else -1,
+                    extra_memory(optimizer.step, sync) if metered else -1,
                     rounds.get((baseline_family(variant.family), "torch fused")),
                     bandwidths,
                 )
@@ -439,6 +476,34 @@ def table_cells(
             )
         )
     return cells
+
+
+def parse_device(parser: argparse.ArgumentParser, text: str) -> torch.device:
+    """``--device`` as a device this run can use, or the parser's error."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        parser.error(f"--device {text!r} is not a device (cpu or cuda[:N])")
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        parser.error(f"--device {text!r}: only cpu and cuda are timed")
+    if not torch.cuda.is_available():
+        parser.error(f"--device {text!r}: torch.cuda.is_available() is False here")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        parser.error(
+            f"--device {text!r}: this machine has {torch.cuda.device_count()} "
+            "CUDA device(s)"
+        )
+    return device
+
+
+def describe(device: torch.device) -> str:
+    """The table's note on where the steps ran."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} ({device})"
+    kernels = "on" if _kernels.available() else "off"
+    return f"{torch.get_num_threads()} threads, numba kernels {kernels}"
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -503,19 +568,26 @@ def main(argv: list[str] | None = None) -> int:
         help="fp32 elements of each triad buffer, to exceed the caches "
         "(default %(default)d)",
     )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where the tensors live: cpu or cuda[:N] (default %(default)s)",
+    )
     parser.add_argument("--markdown", help="also write the table to this file")
     parser.add_argument(
         "--raw", help="also write every round's times to this file (JSON)"
     )
     args = parser.parse_args(argv)
+    device = parse_device(parser, args.device)
     families = args.families.split(",")
     chosen = [v for v in variants() if v.family in families]
     if "sgdw" in families and "sgd" not in families:
         chosen += [v for v in variants() if v.family == "sgd" and not v.ours]
 
     load_start = os.getloadavg()
-    triad = Triad(int(args.triad_elements))
-    triads = [triad_bandwidth(triad)]
+    sync = synchronizer(device)
+    triad = Triad(int(args.triad_elements), device)
+    triads = [triad_bandwidth(triad, sync=sync)]
     print(f"triad {triads[0] / 1e9:.2f} GB/s; timing...", file=sys.stderr)
     started = time.perf_counter()
     measured = []
@@ -525,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             results = measure(size, count, chosen, args, triad)
             measured.append((size, count, results))
-            triads.append(triad_bandwidth(triad))
+            triads.append(triad_bandwidth(triad, sync=sync))
             fastest = min(statistics.median(t.seconds) for t in results.values())
             print(
                 f"  {size:.0e} params in {count} tensors: fastest step "
@@ -543,8 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     # every row's ratio against that best triad.
     best = max(triads)
     lines = [
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, numba "
-        f"kernels {'on' if _kernels.available() else 'off'}; triad bandwidth "
+        f"torch {torch.__version__}, {describe(device)}; triad bandwidth "
         f"between shapes {best / 1e9:.2f} GB/s best of {len(triads)}, median "
         f"{statistics.median(triads) / 1e9:.2f}; load average "
         f"{load_start[0]:.2f} at start, {load_end[0]:.2f} at end; {elapsed:.0f} s",

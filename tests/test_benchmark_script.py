@@ -14,6 +14,7 @@ import statistics
 import sys
 
 import pytest
+import torch
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "step.py"
 
@@ -57,6 +58,7 @@ def test_tiny_run_prints_every_variant_with_consistent_ratios(
             "--triad-min-size=2e4",
             "--triad-elements=65536",
             "--memory-max-size=2e4",
+            "--device=cpu",
             f"--markdown={markdown}",
             f"--raw={raw_file}",
         ]
@@ -104,3 +106,46 @@ def test_tiny_run_prints_every_variant_with_consistent_ratios(
         if name == "torch fused":
             assert fused == "1.00"
     assert markdown.read_text().count("\n| ") == len(table) + 1
+
+
+
+def test_every_timed_step_runs_between_two_synchronizations(step_benchmark):
+    """On a GPU a step's call returns before its kernels finish: each time
+    must start on an idle device and end when the step's work has."""
+    events: list[str] = []
+    times = step_benchmark.time_interleaved(
+        [lambda: events.append("a"), lambda: events.append("b")],
+        seconds=0.0,
+        repeats=3,
+        sync=lambda: events.append("sync"),
+    )
+    assert [len(t) for t in times] == [3, 3]
+    # An untimed warm-up round, then a round that sets the count and three
+    # timed rounds: eight calls, each between two synchronizations.
+    assert events[:2] == ["a", "b"]
+    calls = [events[i : i + 3] for i in range(2, len(events), 3)]
+    assert len(calls) == 8
+    assert all(c[0] == c[2] == "sync" and c[1] in ("a", "b") for c in calls)
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("gpu", "--device 'gpu' is not a device (cpu or cuda[:N])"),
+        ("meta", "--device 'meta': only cpu and cuda are timed"),
+        pytest.param(
+            "cuda",
+            "--device 'cuda': torch.cuda.is_available() is False here",
+            marks=pytest.mark.skipif(
+                torch.cuda.is_available(), reason="CUDA is available here"
+            ),
+        ),
+    ],
+)
+def test_a_device_that_cannot_run_is_refused_by_name(
+    step_benchmark, capsys, device, message
+):
+    with pytest.raises(SystemExit) as exit_info:
+        step_benchmark.main([f"--device={device}", "--sizes=1e3"])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
