@@ -18,6 +18,7 @@ import logging
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -440,16 +441,59 @@ def _versions() -> dict[str, str]:
 
     import weightdecay
 
-    return {
+    versions = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "weightdecay": weightdecay.__version__,
     }
+    commit = _source_commit()
+    if commit is not None:
+        versions["weightdecay commit"] = commit
+    return versions
+
+
+def _source_commit() -> str | None:
+    """The git commit the package's code was loaded from, with ``+changes``
+    where its files differ from that commit; None where they are not tracked
+    by git (an installed wheel) or git is missing."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(here), *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+
+    try:
+        # The package's own files must be tracked: a copy installed inside
+        # another project's work tree is not that project's commit.
+        git("ls-files", "--error-unmatch", Path(__file__).name)
+        commit = git("rev-parse", "--short=12", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+changes" if changed else "")
 
 
 def _machine() -> str:
-    return f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs"
+    model = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(
+                (
+                    line.split(":", 1)[1].strip()
+                    for line in cpuinfo
+                    if line.startswith("model name")
+                ),
+                model,
+            )
+    except OSError:
+        pass
+    return f"{platform.machine()} {model} {os.cpu_count()} CPUs".replace("  ", " ")
 
 
 def _planned_records(store, settings, kind: str, data: str) -> list[dict[str, Any]]:

@@ -7,9 +7,11 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from weightdecay import cli
 from weightdecay.cli import main
 from weightdecay.experiments.data import EMBEDDED_DIR
 from weightdecay.experiments.store import DB_NAME, Store
@@ -175,3 +177,51 @@ def test_embedded_flag_is_named_as_the_data_origin(tmp_path, capsys):
     with pytest.raises(SystemExit, match="exceeds"):
         main(argv)
     assert "data: embedded (--embedded: " in capsys.readouterr().err
+
+
+def _git(*args: str) -> str:
+    package = Path(cli.__file__).parent
+    return subprocess.run(
+        ["git", "-C", str(package), *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def test_the_report_names_the_commit_its_code_came_from():
+    """Run from a git checkout, the versions carry the checkout's commit, as
+    git itself names it, marked where the package's files differ from it."""
+    try:
+        _git("ls-files", "--error-unmatch", "cli.py")
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("the package does not run from a git checkout here")
+    head = _git("rev-parse", "HEAD")
+    changed = _git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    commit = cli._versions()["weightdecay commit"]
+    assert commit == head[:12] + ("+changes" if changed else "")
+
+
+def test_code_outside_a_git_checkout_names_no_commit(tmp_path, monkeypatch):
+    """An installed copy (here: the module's path moved to an empty folder,
+    or git missing) reports its version only, never a commit of another
+    repository."""
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "cli.py"))
+    assert cli._source_commit() is None
+    assert "weightdecay commit" not in cli._versions()
+
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.undo()
+    monkeypatch.setattr(cli.subprocess, "run", no_git)
+    assert cli._source_commit() is None
+
+
+def test_a_copy_inside_another_repository_names_no_commit(tmp_path, monkeypatch):
+    """A package file that the surrounding repository does not track (a
+    virtual environment inside a user's project) is not that commit."""
+    try:
+        subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("git is not available")
+    (tmp_path / "cli.py").write_text("")
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "cli.py"))
+    assert cli._source_commit() is None
