@@ -485,6 +485,32 @@ def test_claim_b_one_result_per_regime_without_pooling() -> None:
     assert short.numbers["adam_mean"] == pytest.approx(0.14)
 
 
+@pytest.mark.parametrize(
+    ("adamw_decay", "adam_decay", "verdict"),
+    [
+        (0.0, 0.0, A.INCONCLUSIVE),  # both plain Adam
+        (1e-4, 0.0, A.REPRODUCED),  # decoupled decay against no decay at all
+        (0.0, 1e-5, A.REPRODUCED),
+    ],
+)
+def test_claim_b_without_decay_in_either_arm_tests_nothing(
+    adamw_decay: float, adam_decay: float, verdict: str
+) -> None:
+    records = [
+        record("seeds", name, 1e-3, decay, 0.1, test_error=e, seed=k)
+        for name, decay, errors in (
+            ("AdamW", adamw_decay, [0.10, 0.11, 0.12]),
+            ("Adam", adam_decay, [0.13, 0.14, 0.15]),
+        )
+        for k, e in enumerate(errors)
+    ]
+    (result,) = A.claim_adamw_vs_adam(records)
+    assert result.verdict == verdict
+    assert result.numbers["difference"] == pytest.approx(0.03)
+    same = [note for note in result.notes if "same algorithm" in note]
+    assert len(same) == (verdict == A.INCONCLUSIVE)
+
+
 def test_claim_b_missing_arm_inconclusive_and_empty_not_run() -> None:
     assert A.claim_adamw_vs_adam(seeds([0.1, 0.2], []))[0].verdict == A.INCONCLUSIVE
     assert A.claim_adamw_vs_adam(seeds([0.1, 0.2], [0.3]))[0].verdict == A.INCONCLUSIVE

@@ -1094,7 +1094,15 @@ def _seeds_regime(records: Sequence[Record], regime: str) -> ClaimResult:
         f"{adamw.n} and {adam.n} seeds); Adam - AdamW = {100 * diff:+.2f} "
         f"± {100 * se:.2f} points ({z:.1f} SE, {100 * relative:+.1f} % relative)"
     )
-    if ok:
+    # With no decay in either arm both run plain Adam: whatever the numbers
+    # say, they say nothing about decoupling.
+    undecayed = all(wd == 0 for arm in (adamw, adam) for _, wd in arm.settings)
+    if undecayed:
+        notes.append(
+            "Both arms' best settings have no weight decay, where Adam+L2 and "
+            "AdamW are the same algorithm: this comparison cannot test the claim."
+        )
+    elif ok:
         notes.append(f"AdamW is lower by {z:.1f} standard errors of the difference.")
     elif diff <= 0:
         notes.append(
@@ -1112,7 +1120,7 @@ def _seeds_regime(records: Sequence[Record], regime: str) -> ClaimResult:
     )
     return ClaimResult(
         statistic=statistic,
-        verdict=REPRODUCED if ok else NOT_REPRODUCED,
+        verdict=INCONCLUSIVE if undecayed else REPRODUCED if ok else NOT_REPRODUCED,
         numbers={
             "regime": regime,
             "adamw_mean": adamw.test_mean,
