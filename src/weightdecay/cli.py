@@ -493,7 +493,8 @@ def _machine() -> str:
             )
     except OSError:
         pass
-    return f"{platform.machine()} {model} {os.cpu_count()} CPUs".replace("  ", " ")
+    parts = (platform.machine(), model, f"{os.cpu_count()} CPUs")
+    return " ".join(part for part in parts if part)
 
 
 def _planned_records(store, settings, kind: str, data: str) -> list[dict[str, Any]]:
