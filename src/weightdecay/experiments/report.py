@@ -33,7 +33,8 @@ HOW_TO_READ = (
     "below and compared with a threshold that was fixed before any run (listed "
     "under Thresholds). 'reproduced' means the statistic meets its threshold; "
     "'not reproduced' means it does not, and the section says what was seen; "
-    "'inconclusive' means too few usable runs for the statistic; 'not run' means "
+    "'inconclusive' means the runs cannot decide (too few usable runs for the "
+    "statistic, or two arms that ran the same algorithm); 'not run' means "
     "its study has no runs. Errors are percentages of the validation or test "
     "images; '±' after one run's error is its binomial standard error "
     "sqrt(p(1-p)/n), after a mean over seeds the seed-to-seed standard "
@@ -223,7 +224,7 @@ def _verdict_sentence(c: ClaimResult) -> str:
             f"(seen: {c.statistic})."
         )
     if c.verdict == analysis.INCONCLUSIVE:
-        return "Verdict: inconclusive; too few usable runs to decide."
+        return "Verdict: inconclusive; these runs cannot decide (see below)."
     return "Verdict: not run; the study has no runs."
 
 
